@@ -1,0 +1,21 @@
+"""Thin Triton client for the ``hndsr`` model (gRPC by default, HTTP too)."""
+
+from client.triton_client import (
+    HNDSRClient,
+    HNDSRError,
+    InvalidInputError,
+    OverloadedError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+    UpscaleResult,
+)
+
+__all__ = [
+    "HNDSRClient",
+    "HNDSRError",
+    "InvalidInputError",
+    "OverloadedError",
+    "RequestTimeoutError",
+    "ServerUnavailableError",
+    "UpscaleResult",
+]

@@ -1,0 +1,145 @@
+"""Client library: send an LR image to the ``hndsr`` Triton model, get the SR image and its info."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+MODEL = "hndsr"
+GRPC_MAX_MESSAGE = 2**31 - 1
+"""gRPC's 4 MB default is far below a 16 MP RGB result (48 MB); allow up to 2 GiB."""
+
+
+class HNDSRError(RuntimeError):
+    """Base class of the errors this client raises."""
+
+
+class InvalidInputError(HNDSRError):
+    """The server rejected a field of the request (the message names the field and the limit)."""
+
+
+class OverloadedError(HNDSRError):
+    """The server is out of capacity (queue full or rate limited); retry later."""
+
+
+class ServerUnavailableError(HNDSRError):
+    """The server is down, unreachable or still loading."""
+
+
+class RequestTimeoutError(HNDSRError):
+    """The request did not finish within the client timeout."""
+
+
+def _map_error(exc: InferenceServerException) -> HNDSRError:
+    status = str(exc.status() or "")
+    message = exc.message() or str(exc)
+    if "INVALID_ARG" in status or status == "400" or "unexpected shape" in message:
+        return InvalidInputError(message)
+    if "RESOURCE_EXHAUSTED" in status or status in ("429", "503") and "exhausted" in message.lower():
+        return OverloadedError(f"server overloaded: {message}")
+    if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message or "timed out" in message.lower():
+        return RequestTimeoutError(f"request timed out: {message}")
+    if "UNAVAILABLE" in status or "failed to connect" in message.lower() or "connection refused" in message.lower():
+        return ServerUnavailableError(f"server unavailable: {message}")
+    return HNDSRError(message)
+
+
+@dataclass
+class UpscaleResult:
+    image: np.ndarray
+    """uint8 [H', W', 3]"""
+    info: dict
+    latency_s: float
+
+
+class HNDSRClient:
+    """``protocol`` is "grpc" (url like 127.0.0.1:8001) or "http" (127.0.0.1:8000)."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout_s: float = 900.0) -> None:
+        if protocol not in ("grpc", "http"):
+            raise ValueError("protocol must be 'grpc' or 'http'")
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        if protocol == "grpc":
+            self._mod = grpcclient
+            self._client = grpcclient.InferenceServerClient(
+                url,
+                channel_args=[
+                    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+                    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+                ],
+            )
+        else:
+            self._mod = httpclient
+            self._client = httpclient.InferenceServerClient(
+                url, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> HNDSRClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def health(self) -> dict:
+        """Liveness, readiness and the ``hndsr`` model's readiness."""
+        try:
+            return {
+                "live": bool(self._client.is_server_live()),
+                "ready": bool(self._client.is_server_ready()),
+                "model_ready": bool(self._client.is_model_ready(MODEL)),
+            }
+        except InferenceServerException as exc:
+            raise _map_error(exc) from None
+
+    def metadata(self) -> dict:
+        try:
+            meta = self._client.get_model_metadata(MODEL)
+            config = self._client.get_model_config(MODEL)
+        except InferenceServerException as exc:
+            raise _map_error(exc) from None
+        if self.protocol == "grpc":
+            from google.protobuf.json_format import MessageToDict
+
+            meta, config = MessageToDict(meta), MessageToDict(config)
+        return {"metadata": meta, "config": config}
+
+    def _input(self, name: str, array: np.ndarray, datatype: str):
+        tensor = self._mod.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        return tensor
+
+    def upscale(
+        self, image: np.ndarray, scale: float = 4.0, steps: int = 20, seed: int = 0, eta: float = 0.0
+    ) -> UpscaleResult:
+        """Super-resolve a uint8 RGB image. Raises one of the ``HNDSRError`` subclasses."""
+        image = np.ascontiguousarray(image)
+        if image.dtype != np.uint8:
+            raise InvalidInputError(f"IMAGE must be uint8, got {image.dtype}")
+        inputs = [
+            self._input("IMAGE", image, "UINT8"),
+            self._input("SCALE", np.array([scale], dtype=np.float32), "FP32"),
+            self._input("STEPS", np.array([steps], dtype=np.int32), "INT32"),
+            self._input("SEED", np.array([seed], dtype=np.int64), "INT64"),
+            self._input("ETA", np.array([eta], dtype=np.float32), "FP32"),
+        ]
+        outputs = [self._mod.InferRequestedOutput("SR_IMAGE"), self._mod.InferRequestedOutput("INFO")]
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        start = time.perf_counter()
+        try:
+            result = self._client.infer(MODEL, inputs, outputs=outputs, **kwargs)
+        except InferenceServerException as exc:
+            raise _map_error(exc) from None
+        latency = time.perf_counter() - start
+        info_raw = result.as_numpy("INFO").reshape(-1)[0]
+        info = json.loads(info_raw.decode() if isinstance(info_raw, bytes) else info_raw)
+        return UpscaleResult(result.as_numpy("SR_IMAGE"), info, latency)

@@ -1,0 +1,1 @@
+"""Export HNDSR stages to ONNX and write the Triton model repository."""

@@ -1,0 +1,145 @@
+"""``hndsr`` command line: serve on Triton, run a demo through it, train, evaluate, export."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS
+from hndsr.serving.server import REPO_ROOT, ServerOptions
+
+app = typer.Typer(add_completion=False, help="HNDSR super-resolution served by NVIDIA Triton.")
+
+WEIGHTS = REPO_ROOT / "weights" / "hndsr.safetensors"
+REPO = REPO_ROOT / "model_repository"
+
+
+def ensure_exported(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
+    """Export the stage ONNX files unless they already match the weights."""
+    from export.export_onnx import export_all, is_current
+
+    if not is_current(repo, weights):
+        typer.echo(f"exporting ONNX from {weights} ...")
+        export_all(weights, repo)
+
+
+def _options(host: str, http_port: int, grpc_port: int, metrics_port: int, config_name: str | None) -> ServerOptions:
+    return ServerOptions(
+        model_repository=REPO,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        model_config_name=config_name,
+    )
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0 to expose)"),
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    config_name: str | None = typer.Option(None, help="Triton --model-config-name (e.g. gpu)"),
+) -> None:
+    """Start the bundled tritonserver on CPU with this model repository; Ctrl-C stops it."""
+    from hndsr.serving.server import serve_forever
+
+    ensure_exported()
+    raise typer.Exit(serve_forever(_options(host, http_port, grpc_port, metrics_port, config_name)))
+
+
+@app.command()
+def demo(
+    src: Path = typer.Argument(..., exists=True),
+    dst: Path = typer.Argument(...),
+    scale: float = DEFAULT_SCALE,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    keep_serving: bool = typer.Option(False, help="leave Triton running after the demo"),
+) -> None:
+    """Export if needed, start Triton, super-resolve SRC -> DST through it over gRPC, stop."""
+    from client.triton_client import HNDSRClient
+    from hndsr.imaging import read_rgb, write_rgb
+    from hndsr.serving.server import start_server, stop_server, wait_ready
+
+    ensure_exported()
+    opts = _options("127.0.0.1", 8000, 8001, 8002, None)
+    log = REPO_ROOT / "runs" / "tritonserver.log"
+    log.parent.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    proc = start_server(opts, log)
+    try:
+        wait_ready(opts.host, opts.http_port, 300, proc)
+        typer.echo(f"Triton ready in {time.perf_counter() - t0:.1f}s (log: {log})")
+        image = read_rgb(src)
+        with HNDSRClient(f"{opts.host}:{opts.grpc_port}") as client:
+            result = client.upscale(image, scale=scale, steps=steps, seed=seed)
+        write_rgb(dst, result.image)
+        h, w = result.image.shape[:2]
+        typer.echo(
+            f"{src} -> {dst}: {w}x{h}, {result.info['tiles']} tiles, {steps} steps, latency {result.latency_s:.1f}s"
+        )
+        typer.echo(json.dumps(result.info))
+        if keep_serving:
+            typer.echo("serving until Ctrl-C ...")
+            proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(proc)
+
+
+@app.command()
+def export(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
+    """Export every stage to ONNX, check parity with PyTorch, write the configs."""
+    from export.export_onnx import export_all
+
+    export_all(weights, repo)
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., exists=True, help="training images (e.g. ../shared/data/aerial/train)"),
+    val: Path | None = typer.Option(None, help="validation images for the quick PSNR log"),
+    out: Path = Path("runs/train"),
+    ae_steps: int = 1000,
+    prior_steps: int = 5000,
+    unet_steps: int = 3000,
+    batch: int = 16,
+    patch: int = 128,
+    prior_patch: int = 256,
+    lr: float = 2e-4,
+    seed: int = 0,
+    threads: int = 0,
+    weights_out: Path = WEIGHTS,
+) -> None:
+    """Train autoencoder -> FNO prior -> residual diffusion UNet (resumes from OUT/checkpoint.pt)."""
+    from hndsr.train import TrainConfig, plot_log
+    from hndsr.train import train as run_training
+
+    cfg = TrainConfig(
+        data=str(data),
+        val=str(val) if val else None,
+        out=str(out),
+        ae_steps=ae_steps,
+        prior_steps=prior_steps,
+        unet_steps=unet_steps,
+        batch=batch,
+        patch=patch,
+        prior_patch=prior_patch,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        weights_out=str(weights_out),
+    )
+    path = run_training(cfg)
+    plot_log(out / "log.csv", out / "curves.png")
+    typer.echo(f"weights: {path}; curves: {out / 'curves.png'}")
+
+
+if __name__ == "__main__":
+    app()

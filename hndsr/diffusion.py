@@ -1,0 +1,82 @@
+"""Noise schedule and DDIM sampler (v-prediction), the single implementation used everywhere.
+
+Shaped like diffusers' ``DDIMScheduler``: a small object with ``set_timesteps`` and ``step``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def cosine_alphas_cumprod(num_steps: int = NUM_TRAIN_TIMESTEPS, max_beta: float = 0.999) -> torch.Tensor:
+    """Cosine schedule (Nichol & Dhariwal), returned as cumulative alpha products in float64."""
+
+    def f(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - f((i + 1) / num_steps) / f(i / num_steps), max_beta) for i in range(num_steps)]
+    return torch.cumprod(1 - torch.tensor(betas, dtype=torch.float64), dim=0)
+
+
+@dataclass
+class DDIMScheduler:
+    """Deterministic (eta = 0) or stochastic DDIM over a v-predicting model."""
+
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+
+    def __post_init__(self) -> None:
+        self.alphas_cumprod = cosine_alphas_cumprod(self.num_train_timesteps)
+        self.timesteps: list[int] = []
+
+    def set_timesteps(self, num_inference_steps: int) -> list[int]:
+        """Trailing spacing: the first step starts from the last (pure-noise) timestep."""
+        if num_inference_steps < 0 or num_inference_steps > self.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be in [0, {self.num_train_timesteps}]")
+        if num_inference_steps == 0:
+            self.timesteps = []
+        else:
+            ratio = self.num_train_timesteps / num_inference_steps
+            self.timesteps = [int(round(self.num_train_timesteps - i * ratio)) - 1 for i in range(num_inference_steps)]
+        return self.timesteps
+
+    def previous_timestep(self, timestep: int) -> int:
+        idx = self.timesteps.index(timestep)
+        return self.timesteps[idx + 1] if idx + 1 < len(self.timesteps) else -1
+
+    def alpha(self, timestep: int) -> float:
+        return 1.0 if timestep < 0 else float(self.alphas_cumprod[timestep])
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod.to(x0.device)[timesteps].float().view(-1, *([1] * (x0.dim() - 1)))
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Training target v = sqrt(a) * eps - sqrt(1 - a) * x0."""
+        a = self.alphas_cumprod.to(x0.device)[timesteps].float().view(-1, *([1] * (x0.dim() - 1)))
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def step(
+        self,
+        v: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM update x_t -> x_{t-1}; returns (previous sample, predicted x0)."""
+        a_t = self.alpha(timestep)
+        a_prev = self.alpha(self.previous_timestep(timestep))
+        x0 = math.sqrt(a_t) * sample - math.sqrt(1 - a_t) * v
+        eps = math.sqrt(a_t) * v + math.sqrt(1 - a_t) * sample
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(max(1 - a_t / a_prev, 0.0))
+        prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            if noise is None:
+                raise ValueError("eta > 0 needs a noise tensor")
+            prev = prev + sigma * noise
+        return prev, x0

@@ -1,0 +1,1 @@
+"""HNDSR network stages: autoencoder, FNO prior and diffusion UNet."""

@@ -1,0 +1,198 @@
+"""The HNDSR inference pipeline, shared by PyTorch evaluation and the Triton orchestrator.
+
+Stages run through a ``StageRunner`` (PyTorch modules or Triton BLS requests); the tiling,
+the DDIM loop with one batched UNet call per step, the blending and the stitching live here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch.nn import functional as F
+
+from hndsr.config import LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
+from hndsr.diffusion import DDIMScheduler
+from hndsr.imaging import output_size, to_uint8, upsample
+from hndsr.tiling import TilePlan
+
+
+class StageRunner(Protocol):
+    """Runs the four exported stages on batches of tiles."""
+
+    device: torch.device
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def prior(self, image: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def denoise(self, latent: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor: ...
+
+
+class InvalidRequest(ValueError):
+    """A request parameter is outside its limit; the message names the field and the limit."""
+
+
+class Cancelled(RuntimeError):
+    """The client went away; the DDIM loop stopped early."""
+
+
+@dataclass
+class SRParams:
+    scale: float = 4.0
+    steps: int = 20
+    seed: int = 0
+    eta: float = 0.0
+
+
+@dataclass
+class SRResult:
+    image: torch.Tensor
+    """uint8 [round(s*H), round(s*W), 3]"""
+    info: dict = field(default_factory=dict)
+
+
+def validate(shape: tuple[int, ...], dtype: str, params: SRParams, limits: Limits) -> None:
+    """Cheap checks of an SR request; raises ``InvalidRequest`` naming the field and limit."""
+    if dtype != "uint8":
+        raise InvalidRequest(f"IMAGE must be UINT8, got {dtype}")
+    if len(shape) != 3:
+        raise InvalidRequest(f"IMAGE must have rank 3 [H, W, 3], got shape {list(shape)}")
+    if shape[2] != 3:
+        raise InvalidRequest(f"IMAGE must have 3 channels (RGB), got {shape[2]}")
+    if min(shape[0], shape[1]) < limits.min_input_side:
+        raise InvalidRequest(f"IMAGE sides must be >= {limits.min_input_side} pixels, got {shape[0]}x{shape[1]}")
+    if not (math.isfinite(params.scale) and limits.scale_min <= params.scale <= limits.scale_max):
+        raise InvalidRequest(f"SCALE must be in [{limits.scale_min:g}, {limits.scale_max:g}], got {params.scale:g}")
+    if not 0 <= params.steps <= limits.steps_max:
+        raise InvalidRequest(f"STEPS must be in [0, {limits.steps_max}], got {params.steps}")
+    if not (math.isfinite(params.eta) and 0.0 <= params.eta <= 1.0):
+        raise InvalidRequest(f"ETA must be in [0, 1], got {params.eta:g}")
+    out_h, out_w = output_size(shape[0], shape[1], params.scale)
+    if out_h * out_w > limits.max_output_pixels:
+        raise InvalidRequest(
+            f"output {out_h}x{out_w} = {out_h * out_w} pixels exceeds the limit of "
+            f"{limits.max_output_pixels} output pixels (IMAGE {shape[0]}x{shape[1]} at SCALE {params.scale:g})"
+        )
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def seeded_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU (identical on every device), then moved."""
+    return torch.randn(shape, generator=generator).to(device)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    def run(self, stage: str, fn: Callable, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
+        return out
+
+
+def super_resolve(
+    image: torch.Tensor,
+    params: SRParams,
+    runner: StageRunner,
+    residual_scale: float,
+    tile: int = TILE,
+    overlap: int = TILE_OVERLAP,
+    is_cancelled: Callable[[], bool] = lambda: False,
+    on_step: Callable[[int, int], None] | None = None,
+) -> SRResult:
+    """Super-resolve a uint8 [H, W, 3] image (any device) by ``params.scale``."""
+    start = time.perf_counter()
+    device = runner.device
+    timer = _Timer()
+    height, width = image.shape[:2]
+    out_h, out_w = output_size(height, width, params.scale)
+    canvas_h = max(tile, _round_up(out_h, LATENT_FACTOR))
+    canvas_w = max(tile, _round_up(out_w, LATENT_FACTOR))
+
+    lr = image.to(device).permute(2, 0, 1)[None].float() / 255.0
+    up = upsample(lr, (out_h, out_w))
+    up = F.pad(up, (0, canvas_w - out_w, 0, canvas_h - out_h), mode="replicate")[0]
+    plan = TilePlan.create(canvas_h, canvas_w, tile, overlap, align=LATENT_FACTOR)
+    latent_plan = plan.downscaled(LATENT_FACTOR)
+    tiles = plan.split(up)
+
+    z_bicubic = timer.run("encoder", runner.encode, tiles)
+    scale = torch.full((plan.count, 1), float(params.scale), device=device)
+    delta, context = timer.run("prior", runner.prior, tiles, scale)
+    latent = latent_plan.blend(z_bicubic + delta)
+
+    scheduler = DDIMScheduler()
+    timesteps = scheduler.set_timesteps(params.steps)
+    if timesteps:
+        generator = torch.Generator().manual_seed(int(params.seed))
+        shape = (LATENT_CHANNELS, latent_plan.height, latent_plan.width)
+        sample = seeded_noise(shape, generator, device)
+        for i, t in enumerate(timesteps):
+            if is_cancelled():
+                raise Cancelled(f"cancelled after {i} of {len(timesteps)} DDIM steps")
+            t_batch = torch.full((plan.count,), float(t), device=device)
+            v = latent_plan.blend(timer.run("unet", runner.denoise, latent_plan.split(sample), t_batch, context))
+            noise = seeded_noise(shape, generator, device) if params.eta > 0 else None
+            sample, _ = scheduler.step(v, t, sample, eta=params.eta, noise=noise)
+            if on_step is not None:
+                on_step(i + 1, len(timesteps))
+        latent = latent + sample / residual_scale
+
+    decoded = timer.run("decoder", runner.decode, latent_plan.split(latent))
+    sr = to_uint8(plan.blend(decoded)[:, :out_h, :out_w])
+    info = {
+        "scale": float(params.scale),
+        "steps": int(params.steps),
+        "seed": int(params.seed),
+        "eta": float(params.eta),
+        "tiles": plan.count,
+        "input_size": [int(height), int(width)],
+        "output_size": [out_h, out_w],
+        "device": str(device),
+        "stage_ms": {k: round(v, 2) for k, v in timer.ms.items()},
+        "total_ms": round((time.perf_counter() - start) * 1000, 2),
+    }
+    return SRResult(sr, info)
+
+
+class TorchRunner:
+    """Runs the stages with the PyTorch modules of an ``HNDSR`` model, in chunks of tiles."""
+
+    def __init__(self, model, chunk: int = 16) -> None:
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.chunk = chunk
+
+    def _chunked(self, fn: Callable, *tensors: torch.Tensor):
+        outs = [fn(*(t[i : i + self.chunk] for t in tensors)) for i in range(0, tensors[0].shape[0], self.chunk)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs))
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        return self._chunked(self.model.encoder, image)
+
+    @torch.no_grad()
+    def prior(self, image: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._chunked(self.model.prior, image, scale)
+
+    @torch.no_grad()
+    def denoise(self, latent: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self._chunked(self.model.unet, latent, timestep, context)
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._chunked(self.model.decoder, latent)

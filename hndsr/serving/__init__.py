@@ -1,0 +1,1 @@
+"""Triton serving: stage specs, Python-backend models, config generation and the CPU launcher."""

@@ -1,0 +1,158 @@
+"""Run the real ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel on CPU.
+
+The bundle ships only the Python backend; its stub binary for this interpreter is copied next to
+``libtriton_python.so`` in a private backend directory. Models run in this same environment
+(``PYTHONPATH``), which pins numpy < 2 because the bundled stub needs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ServerOptions:
+    model_repository: Path = REPO_ROOT / "model_repository"
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    work_dir: Path = Path(os.environ.get("HNDSR_WORK_DIR", Path.home() / ".cache" / "hndsr"))
+    log_verbose: int = 0
+    model_config_name: str | None = None
+
+
+def _pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("nvidia-pytriton is not installed: pip install nvidia-pytriton==0.7.0")
+    return Path(spec.origin).parent
+
+
+def prepare_backend_dir(work_dir: Path) -> Path:
+    """Backend directory with the Python backend and the stub for this Python version."""
+    root = _pytriton_root() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise RuntimeError(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    target = work_dir / "backends" / "python"
+    target.mkdir(parents=True, exist_ok=True)
+    for src in [*(root / "backends" / "python").iterdir(), stub]:
+        if src.is_file():
+            dst = target / src.name
+            if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+                shutil.copy2(src, dst)
+    return target.parent
+
+
+def server_command(opts: ServerOptions, backend_dir: Path) -> list[str]:
+    binary = _pytriton_root() / "tritonserver" / "bin" / "tritonserver"
+    cmd = [
+        str(binary),
+        f"--model-repository={opts.model_repository}",
+        f"--backend-directory={backend_dir}",
+        f"--http-address={opts.host}",
+        f"--http-port={opts.http_port}",
+        f"--grpc-address={opts.host}",
+        f"--grpc-port={opts.grpc_port}",
+        f"--metrics-address={opts.host}",
+        f"--metrics-port={opts.metrics_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        f"--log-verbose={opts.log_verbose}",
+        "--exit-timeout-secs=10",
+    ]
+    if opts.model_config_name:
+        cmd.append(f"--model-config-name={opts.model_config_name}")
+    return cmd
+
+
+def server_env() -> dict[str, str]:
+    libs = _pytriton_root().parent / "nvidia_pytriton.libs"
+    env = dict(os.environ)
+    lib_path = [str(libs), sysconfig.get_config_var("LIBDIR") or "", env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in lib_path if p)
+    # The stub's embedded interpreter finds its prefix through "python3" on PATH: putting this
+    # environment's bin first makes it use this environment (and its numpy < 2).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    return env
+
+
+def wait_ready(host: str, http_port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    url = f"http://{host}:{http_port}/v2/health/ready"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"tritonserver exited with code {proc.returncode} before becoming ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"tritonserver not ready at {url} after {timeout:.0f}s")
+
+
+def start_server(opts: ServerOptions, log_file: Path | None = None) -> subprocess.Popen:
+    """Start tritonserver in its own process group; the caller waits for readiness."""
+    backend_dir = prepare_backend_dir(opts.work_dir)
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child process
+    return subprocess.Popen(
+        server_command(opts, backend_dir),
+        env=server_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        start_new_session=True,
+    )
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM (Triton drains in-flight requests), then SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def serve_forever(opts: ServerOptions, ready_timeout: float = 300.0) -> int:
+    """Start, wait until ready, and stop cleanly on Ctrl-C or SIGTERM."""
+    proc = start_server(opts)
+    stopping = {"flag": False}
+
+    def _stop(signum, frame):  # noqa: ARG001
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        wait_ready(opts.host, opts.http_port, ready_timeout, proc)
+        print(
+            f"HNDSR on Triton is ready: HTTP {opts.host}:{opts.http_port}, gRPC {opts.host}:{opts.grpc_port}, "
+            f"metrics http://{opts.host}:{opts.metrics_port}/metrics",
+            flush=True,
+        )
+        while not stopping["flag"] and proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        code = stop_server(proc)
+        print(f"tritonserver stopped (exit code {code})", flush=True)
+    return 0 if stopping["flag"] else (proc.returncode or 1)

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from hndsr.config import Limits
+from hndsr.imaging import read_rgb
+from hndsr.pipeline import InvalidRequest, SRParams, TorchRunner, super_resolve, validate
+
+from .conftest import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    return torch.from_numpy(read_rgb(FIXTURES / "teak_0.png")[:40, :52].copy())
+
+
+def run(model, image, **kw):
+    return super_resolve(image, SRParams(**kw), TorchRunner(model), residual_scale=1.0)
+
+
+@pytest.mark.parametrize("scale", [2.0, 3.3, 4.0])
+def test_output_shape_is_scale_times_input(model, image, scale):
+    out = run(model, image, scale=scale, steps=0)
+    assert out.image.dtype == torch.uint8
+    assert tuple(out.image.shape) == (round(40 * scale), round(52 * scale), 3)
+    assert out.info["steps"] == 0 and out.info["tiles"] >= 1
+
+
+def test_same_seed_same_bytes_other_seed_differs(model, image):
+    a = run(model, image, steps=3, seed=7).image
+    b = run(model, image, steps=3, seed=7).image
+    c = run(model, image, steps=3, seed=8).image
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_zero_steps_is_deterministic_and_ignores_seed(model, image):
+    assert torch.equal(run(model, image, steps=0, seed=1).image, run(model, image, steps=0, seed=2).image)
+
+
+def test_cancellation_stops_the_loop(model, image):
+    from hndsr.pipeline import Cancelled
+
+    calls = []
+    with pytest.raises(Cancelled):
+        super_resolve(
+            image, SRParams(steps=10), TorchRunner(model), 1.0, is_cancelled=lambda: len(calls) >= 2,
+            on_step=lambda i, n: calls.append(i),
+        )
+    assert calls == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "params", "field"),
+    [
+        ((10, 10, 3), "float32", SRParams(), "IMAGE must be UINT8"),
+        ((10, 10), "uint8", SRParams(), "rank 3"),
+        ((10, 10, 4), "uint8", SRParams(), "3 channels"),
+        ((4, 10, 3), "uint8", SRParams(), ">= 8 pixels"),
+        ((10, 10, 3), "uint8", SRParams(scale=9.0), "SCALE must be in [2, 8]"),
+        ((10, 10, 3), "uint8", SRParams(scale=1.0), "SCALE must be in [2, 8]"),
+        ((10, 10, 3), "uint8", SRParams(steps=-1), "STEPS must be in [0, 250]"),
+        ((10, 10, 3), "uint8", SRParams(steps=1000), "STEPS must be in [0, 250]"),
+        ((10, 10, 3), "uint8", SRParams(eta=2.0), "ETA must be in [0, 1]"),
+        ((1200, 1200, 3), "uint8", SRParams(scale=4.0), "exceeds the limit of 16000000 output pixels"),
+    ],
+)
+def test_validation_names_field_and_limit(shape, dtype, params, field):
+    with pytest.raises(InvalidRequest, match=field.replace("[", r"\[").replace("]", r"\]")):
+        validate(shape, dtype, params, Limits())
+
+
+def test_validation_accepts_good_request():
+    validate((100, 100, 3), "uint8", SRParams(scale=8.0, steps=250, eta=1.0), Limits())
