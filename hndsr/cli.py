@@ -141,5 +141,61 @@ def train(
     typer.echo(f"weights: {path}; curves: {out / 'curves.png'}")
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Path = typer.Option(..., exists=True, help="held-out HR images (e.g. ../shared/data/aerial/val)"),
+    scale: int = typer.Option(4, help="integer scale of the protocol"),
+    steps: str = typer.Option("0,4,8,20,50", help="DDIM step counts scored in PyTorch"),
+    triton: str = typer.Option(
+        "auto", help="'auto' starts the bundled Triton, a gRPC URL uses a running one, 'none' skips the served model"
+    ),
+    triton_steps: str = typer.Option(f"0,{DEFAULT_STEPS}", help="step counts scored through Triton"),
+    out: Path = typer.Option(Path("runs/eval"), help="results.md, results.json and grid.png go here"),
+    limit: int | None = typer.Option(None, help="only the first N images"),
+    weights: Path = WEIGHTS,
+) -> None:
+    """Score HNDSR (PyTorch and Triton) against bicubic and SPAN on the same crops."""
+    from hndsr.evaluate import evaluate
+    from hndsr.models.hndsr import HNDSR
+
+    model = HNDSR.load(weights)
+    proc = None
+    url: str | None = None if triton == "none" else triton
+    if triton == "auto":
+        from hndsr.serving.server import start_server, wait_ready
+
+        ensure_exported(weights)
+        opts = _options("127.0.0.1", 8100, 8101, 8102, None)
+        proc = start_server(opts, REPO_ROOT / "runs" / "tritonserver-eval.log")
+        wait_ready(opts.host, opts.http_port, 300, proc)
+        url = f"{opts.host}:{opts.grpc_port}"
+    try:
+        default = f"HNDSR steps={DEFAULT_STEPS}"
+        result = evaluate(
+            data,
+            scale,
+            _int_list(steps),
+            model,
+            url,
+            _int_list(triton_steps),
+            out,
+            limit,
+            grid_methods=("bicubic", f"SPAN x{scale} ch48", "HNDSR steps=0 (PyTorch)", f"{default} (PyTorch)"),
+        )
+    finally:
+        if proc is not None:
+            from hndsr.serving.server import stop_server
+
+            stop_server(proc)
+    from hndsr.evaluate import markdown_table
+
+    typer.echo(markdown_table(result))
+    typer.echo(f"written: {out / 'results.md'}, {out / 'results.json'}, {out / 'grid.png'}")
+
+
 if __name__ == "__main__":
     app()

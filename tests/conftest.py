@@ -45,9 +45,7 @@ def triton(tmp_path_factory) -> dict:
 
     ensure_exported()
     work = tmp_path_factory.mktemp("triton")
-    opts = ServerOptions(
-        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), work_dir=work
-    )
+    opts = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), work_dir=work)
     log = work / "tritonserver.log"
     proc: subprocess.Popen = start_server(opts, log)
     try:

@@ -43,7 +43,11 @@ def test_cancellation_stops_the_loop(model, image):
     calls = []
     with pytest.raises(Cancelled):
         super_resolve(
-            image, SRParams(steps=10), TorchRunner(model), 1.0, is_cancelled=lambda: len(calls) >= 2,
+            image,
+            SRParams(steps=10),
+            TorchRunner(model),
+            1.0,
+            is_cancelled=lambda: len(calls) >= 2,
             on_step=lambda i, n: calls.append(i),
         )
     assert calls == [1, 2]

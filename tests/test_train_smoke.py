@@ -10,8 +10,18 @@ from .conftest import FIXTURES
 
 def test_train_all_stages_and_resume(tmp_path):
     cfg = TrainConfig(
-        data=str(FIXTURES / "train"), val=str(FIXTURES), out=str(tmp_path / "run"), ae_steps=3, prior_steps=3,
-        unet_steps=3, batch=2, patch=64, prior_patch=64, checkpoint_every=2, eval_every=3, threads=1,
+        data=str(FIXTURES / "train"),
+        val=str(FIXTURES),
+        out=str(tmp_path / "run"),
+        ae_steps=3,
+        prior_steps=3,
+        unet_steps=3,
+        batch=2,
+        patch=64,
+        prior_patch=64,
+        checkpoint_every=2,
+        eval_every=3,
+        threads=1,
         weights_out=str(tmp_path / "w.safetensors"),
     )
     weights = train(cfg)

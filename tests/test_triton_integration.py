@@ -85,8 +85,12 @@ def test_large_input_many_tiles(triton):
 def _raw_inputs(mod, image: np.ndarray, image_type: str = "UINT8", **scalars):
     inputs = [mod.InferInput("IMAGE", list(image.shape), image_type)]
     inputs[0].set_data_from_numpy(image)
-    types = {"SCALE": ("FP32", np.float32), "STEPS": ("INT32", np.int32), "SEED": ("INT64", np.int64),
-             "ETA": ("FP32", np.float32)}
+    types = {
+        "SCALE": ("FP32", np.float32),
+        "STEPS": ("INT32", np.int32),
+        "SEED": ("INT64", np.int64),
+        "ETA": ("FP32", np.float32),
+    }
     for name, value in scalars.items():
         dt, np_dt = types[name]
         t = mod.InferInput(name, [1], dt)
@@ -111,8 +115,9 @@ BAD = [
 
 @pytest.mark.parametrize(("case", "image", "dtype", "scalars", "expected"), BAD, ids=[b[0] for b in BAD])
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_bad_input_is_invalid_arg_and_server_keeps_serving(triton, small, protocol, case, image, dtype, scalars,
-                                                            expected):
+def test_bad_input_is_invalid_arg_and_server_keeps_serving(
+    triton, small, protocol, case, image, dtype, scalars, expected
+):
     mod = grpcclient if protocol == "grpc" else httpclient
     raw = mod.InferenceServerClient(triton[protocol])
     with pytest.raises(InferenceServerException) as err:
@@ -135,7 +140,7 @@ def test_prometheus_metrics(triton, small):
     text = urllib.request.urlopen(triton["metrics"], timeout=10).read().decode()
     lines = {line.split(" ")[0]: line.split(" ")[-1] for line in text.splitlines() if line and line[0] != "#"}
     assert float(lines['hndsr_requests_total{outcome="success"}']) >= 1
-    assert float(lines['hndsr_ddim_steps_total']) >= 2
+    assert float(lines["hndsr_ddim_steps_total"]) >= 2
     assert float(lines['hndsr_stage_duration_ms_total{stage="unet"}']) > 0
     assert any(k.startswith('nv_inference_request_success{model="hndsr"') for k in lines)
     assert any(k.startswith('nv_inference_request_success{model="unet"') for k in lines)
@@ -144,15 +149,33 @@ def test_prometheus_metrics(triton, small):
 def test_client_cli_reads_avif_and_writes_png(triton, tmp_path):
     out = tmp_path / "sr.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "client.cli", "upscale", str(FIXTURES / "laodong_crop.avif"), str(out),
-         "--scale", "2", "--steps", "0", "--url", triton["grpc"]],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "upscale",
+            str(FIXTURES / "laodong_crop.avif"),
+            str(out),
+            "--scale",
+            "2",
+            "--steps",
+            "0",
+            "--url",
+            triton["grpc"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "latency=" in proc.stdout
     assert Image.open(out).size == (320, 200)
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["scale"] == 2.0
-    health = subprocess.run([sys.executable, "-m", "client.cli", "health", "--url", triton["http"], "--protocol",
-                             "http"], capture_output=True, text=True, timeout=60)
+    health = subprocess.run(
+        [sys.executable, "-m", "client.cli", "health", "--url", triton["http"], "--protocol", "http"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert health.returncode == 0 and '"model_ready": true' in health.stdout

@@ -1,0 +1,181 @@
+"""Evaluation on held-out imagery: HNDSR (PyTorch and Triton) vs bicubic and SPAN, same crops, one run.
+
+Protocol (../shared/data/README.md): HR cropped to a multiple of the scale, LR by PIL bicubic
+downscale, PSNR-Y/SSIM-Y with ``scale`` pixels shaved; NIQE (no-reference, lower is better)
+on the shaved SR image.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from hndsr.baselines import SPAN_MODELS, SpanNcnn, bicubic
+from hndsr.data import list_images
+from hndsr.imaging import bicubic_downscale, read_rgb
+from hndsr.metrics import psnr_y, ssim_y
+from hndsr.niqe import DEFAULT_PARAMS, niqe
+from hndsr.pipeline import SRParams, TorchRunner, super_resolve
+
+
+@dataclass
+class Pair:
+    name: str
+    hr: np.ndarray
+    lr: np.ndarray
+
+
+def load_pairs(data: str | Path, scale: int, limit: int | None = None) -> list[Pair]:
+    pairs = []
+    for path in list_images(data)[:limit]:
+        hr = read_rgb(path)
+        h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+        hr = np.ascontiguousarray(hr[:h, :w])
+        pairs.append(Pair(path.stem, hr, bicubic_downscale(hr, (h // scale, w // scale))))
+    return pairs
+
+
+@dataclass
+class MethodScores:
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    niqe: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "psnr_y": float(np.mean(self.psnr)),
+            "ssim_y": float(np.mean(self.ssim)),
+            "niqe": float(np.nanmean(self.niqe)) if not np.all(np.isnan(self.niqe)) else float("nan"),
+            "seconds_per_image": float(np.mean(self.seconds)),
+        }
+
+
+Upscaler = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+
+
+def torch_upscaler(model, scale: int, steps: int, seed: int = 0) -> Upscaler:
+    runner = TorchRunner(model)
+
+    def run(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        params = SRParams(scale=float(scale), steps=steps, seed=seed)
+        out = super_resolve(torch.from_numpy(lr), params, runner, float(model.residual_scale))
+        return out.image.numpy()
+
+    return run
+
+
+def triton_upscaler(url: str, scale: int, steps: int, seed: int = 0) -> Upscaler:
+    from client.triton_client import HNDSRClient
+
+    client = HNDSRClient(url)
+
+    def run(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return client.upscale(lr, scale=float(scale), steps=steps, seed=seed).image
+
+    return run
+
+
+def _grid(pairs: list[Pair], outputs: dict[str, list[np.ndarray]], scale: int, path: Path, crop: int = 128) -> None:
+    """Side-by-side crops: LR (nearest), each method, HR."""
+    columns = ["LR (nearest)", *outputs.keys(), "HR"]
+    zoom = max(1, 256 // crop)
+    cell = crop * zoom
+    rows = pairs[:3]
+    canvas = Image.new("RGB", (cell * len(columns), (cell + 18) * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, pair in enumerate(rows):
+        h, w = pair.hr.shape[:2]
+        y0, x0 = (h - crop) // 2 // scale * scale, (w - crop) // 2 // scale * scale
+        lr_near = np.asarray(Image.fromarray(pair.lr).resize((w, h), Image.NEAREST))
+        images = [lr_near, *(outs[r] for outs in outputs.values()), pair.hr]
+        for c, (label, image) in enumerate(zip(columns, images)):
+            tile = Image.fromarray(image[y0 : y0 + crop, x0 : x0 + crop]).resize((cell, cell), Image.NEAREST)
+            canvas.paste(tile, (c * cell, r * (cell + 18) + 18))
+            draw.text((c * cell + 4, r * (cell + 18) + 3), label, fill="black")
+    canvas.save(path)
+
+
+def evaluate(
+    data: str | Path,
+    scale: int,
+    steps_list: list[int],
+    model,
+    triton_url: str | None,
+    triton_steps: list[int],
+    out_dir: Path,
+    limit: int | None = None,
+    niqe_params: Path = DEFAULT_PARAMS,
+    grid_methods: tuple[str, ...] = (),
+) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = load_pairs(data, scale, limit)
+    methods: dict[str, Upscaler] = {"bicubic": lambda lr, size: bicubic(lr, size)}
+    if scale in SPAN_MODELS:
+        span = SpanNcnn(scale)
+        methods[f"SPAN x{scale} ch48"] = lambda lr, size: span(lr)
+    for steps in steps_list:
+        methods[f"HNDSR steps={steps} (PyTorch)"] = torch_upscaler(model, scale, steps)
+    for steps in triton_steps if triton_url else []:
+        methods[f"HNDSR steps={steps} (Triton)"] = triton_upscaler(triton_url, scale, steps)
+
+    scores = {name: MethodScores() for name in methods}
+    keep = {name: [] for name in methods}
+    agreement: dict[str, float] = {}
+    for pair in tqdm(pairs, desc=f"eval x{scale}"):
+        size = pair.hr.shape[:2]
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            sr = fn(pair.lr, size)
+            scores[name].seconds.append(time.perf_counter() - start)
+            assert sr.shape == pair.hr.shape, (name, sr.shape, pair.hr.shape)
+            scores[name].psnr.append(psnr_y(sr, pair.hr, scale))
+            scores[name].ssim.append(ssim_y(sr, pair.hr, scale))
+            big_enough = min(size) - 2 * scale >= 96  # NIQE works on 96x96 blocks
+            scores[name].niqe.append(niqe(sr, scale, niqe_params) if big_enough else float("nan"))
+            if len(keep[name]) < 3:
+                keep[name].append(sr)
+    for name in methods:
+        twin = name.replace("(Triton)", "(PyTorch)")
+        if name.endswith("(Triton)") and twin in keep:
+            diffs = [np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(keep[name], keep[twin])]
+            agreement[name] = float(max(diffs))
+
+    summary = {name: s.summary() for name, s in scores.items()}
+    result = {
+        "data": str(data),
+        "images": len(pairs),
+        "scale": scale,
+        "summary": summary,
+        "max_abs_pixel_diff_triton_vs_pytorch": agreement,
+    }
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "results.md").write_text(markdown_table(result))
+    shown = {k: v for k, v in keep.items() if not grid_methods or k in grid_methods}
+    _grid(pairs, shown, scale, out_dir / "grid.png")
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    lines = [
+        f"Scale {result['scale']}x, {result['images']} images of `{result['data']}`",
+        "",
+        "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | NIQE ↓ | s / image (CPU) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in result["summary"].items():
+        lines.append(
+            f"| {name} | {s['psnr_y']:.2f} | {s['ssim_y']:.3f} | {s['niqe']:.2f} | {s['seconds_per_image']:.2f} |"
+        )
+    if result["max_abs_pixel_diff_triton_vs_pytorch"]:
+        lines += ["", "Triton vs PyTorch, max abs pixel difference on the first images:"]
+        lines += [f"- {k}: {v:.0f}" for k, v in result["max_abs_pixel_diff_triton_vs_pytorch"].items()]
+    return "\n".join(lines) + "\n"

