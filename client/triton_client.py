@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import queue
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +15,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 MODEL = "hndsr"
+STREAM_MODEL = "hndsr_stream"
 GRPC_MAX_MESSAGE = 2**31 - 1
 """gRPC's 4 MB default is far below a 16 MP RGB result (48 MB); allow up to 2 GiB."""
 
@@ -36,10 +40,14 @@ class RequestTimeoutError(HNDSRError):
     """The request did not finish within the client timeout."""
 
 
+_FIELD_ERROR = re.compile(r"^(IMAGE|SCALE|STEPS|SEED|ETA)\b|exceeds the limit|unexpected shape|data-type")
+
+
 def _map_error(exc: InferenceServerException) -> HNDSRError:
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
-    if "INVALID_ARG" in status or status == "400" or "unexpected shape" in message:
+    # Errors inside a gRPC stream arrive without a status code: recognise the model's field errors.
+    if "INVALID_ARG" in status or status == "400" or _FIELD_ERROR.search(message):
         return InvalidInputError(message)
     if "RESOURCE_EXHAUSTED" in status or status in ("429", "503") and "exhausted" in message.lower():
         return OverloadedError(f"server overloaded: {message}")
@@ -118,20 +126,28 @@ class HNDSRClient:
         tensor.set_data_from_numpy(array)
         return tensor
 
-    def upscale(
-        self, image: np.ndarray, scale: float = 4.0, steps: int = 20, seed: int = 0, eta: float = 0.0
-    ) -> UpscaleResult:
-        """Super-resolve a uint8 RGB image. Raises one of the ``HNDSRError`` subclasses."""
+    def _request(self, image: np.ndarray, scale: float, steps: int, seed: int, eta: float) -> list:
         image = np.ascontiguousarray(image)
         if image.dtype != np.uint8:
             raise InvalidInputError(f"IMAGE must be uint8, got {image.dtype}")
-        inputs = [
+        return [
             self._input("IMAGE", image, "UINT8"),
             self._input("SCALE", np.array([scale], dtype=np.float32), "FP32"),
             self._input("STEPS", np.array([steps], dtype=np.int32), "INT32"),
             self._input("SEED", np.array([seed], dtype=np.int64), "INT64"),
             self._input("ETA", np.array([eta], dtype=np.float32), "FP32"),
         ]
+
+    @staticmethod
+    def _info(result) -> dict:
+        raw = result.as_numpy("INFO").reshape(-1)[0]
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+    def upscale(
+        self, image: np.ndarray, scale: float = 4.0, steps: int = 20, seed: int = 0, eta: float = 0.0
+    ) -> UpscaleResult:
+        """Super-resolve a uint8 RGB image. Raises one of the ``HNDSRError`` subclasses."""
+        inputs = self._request(image, scale, steps, seed, eta)
         outputs = [self._mod.InferRequestedOutput("SR_IMAGE"), self._mod.InferRequestedOutput("INFO")]
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         start = time.perf_counter()
@@ -139,7 +155,40 @@ class HNDSRClient:
             result = self._client.infer(MODEL, inputs, outputs=outputs, **kwargs)
         except InferenceServerException as exc:
             raise _map_error(exc) from None
-        latency = time.perf_counter() - start
-        info_raw = result.as_numpy("INFO").reshape(-1)[0]
-        info = json.loads(info_raw.decode() if isinstance(info_raw, bytes) else info_raw)
-        return UpscaleResult(result.as_numpy("SR_IMAGE"), info, latency)
+        return UpscaleResult(result.as_numpy("SR_IMAGE"), self._info(result), time.perf_counter() - start)
+
+    def upscale_streaming(
+        self,
+        image: np.ndarray,
+        scale: float = 4.0,
+        steps: int = 20,
+        seed: int = 0,
+        eta: float = 0.0,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> UpscaleResult:
+        """Like ``upscale`` but through ``hndsr_stream`` (gRPC only): ``on_progress(done, total)`` is
+        called as the server reports each DDIM step."""
+        if self.protocol != "grpc":
+            raise ValueError("progress streaming needs the gRPC protocol")
+        inputs = self._request(image, scale, steps, seed, eta)
+        responses: queue.Queue = queue.Queue()
+        start = time.perf_counter()
+        self._client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        try:
+            self._client.async_stream_infer(STREAM_MODEL, inputs)
+            deadline = start + self.timeout_s
+            while True:
+                try:
+                    result, error = responses.get(timeout=max(0.1, deadline - time.perf_counter()))
+                except queue.Empty:
+                    raise RequestTimeoutError(f"no result within {self.timeout_s:.0f}s") from None
+                if error is not None:
+                    raise _map_error(error)
+                names = {o.name for o in result.get_response().outputs}
+                if "SR_IMAGE" in names:
+                    return UpscaleResult(result.as_numpy("SR_IMAGE"), self._info(result), time.perf_counter() - start)
+                if "PROGRESS" in names and on_progress is not None:
+                    done, total = (int(v) for v in result.as_numpy("PROGRESS"))
+                    on_progress(done, total)
+        finally:
+            self._client.stop_stream(cancel_requests=True)

@@ -79,14 +79,15 @@ def write_configs(repo: Path, residual_scale: float, version: str) -> None:
         (repo / stage / "1" / "model.py").write_text(
             _model_py("CPU serving of this stage's ONNX", "hndsr.serving.onnx_stage")
         )
-    for sub in ("configs", "1"):
-        (repo / "hndsr" / sub).mkdir(parents=True, exist_ok=True)
-    (repo / "hndsr" / "config.pbtxt").write_text(orchestrator_config("cpu", residual_scale, version))
-    for variant in ("gpu", "trt"):
-        (repo / "hndsr" / "configs" / f"{variant}.pbtxt").write_text(
-            orchestrator_config(variant, residual_scale, version)
-        )
-    (repo / "hndsr" / "1" / "model.py").write_text(_model_py("The HNDSR orchestrator", "hndsr.serving.orchestrator"))
+    for name, stream in (("hndsr", False), ("hndsr_stream", True)):
+        for sub in ("configs", "1"):
+            (repo / name / sub).mkdir(parents=True, exist_ok=True)
+        (repo / name / "config.pbtxt").write_text(orchestrator_config("cpu", residual_scale, version, stream))
+        for variant in ("gpu", "trt"):
+            (repo / name / "configs" / f"{variant}.pbtxt").write_text(
+                orchestrator_config(variant, residual_scale, version, stream)
+            )
+        (repo / name / "1" / "model.py").write_text(_model_py("The HNDSR orchestrator", "hndsr.serving.orchestrator"))
 
 
 def is_current(repo: Path, weights: Path) -> bool:

@@ -179,3 +179,16 @@ def test_client_cli_reads_avif_and_writes_png(triton, tmp_path):
         timeout=60,
     )
     assert health.returncode == 0 and '"model_ready": true' in health.stdout
+
+
+def test_streaming_progress_and_same_result(triton, small):
+    seen = []
+    with HNDSRClient(triton["grpc"]) as c:
+        streamed = c.upscale_streaming(small, scale=2.0, steps=4, seed=3, on_progress=lambda d, t: seen.append((d, t)))
+        plain = c.upscale(small, scale=2.0, steps=4, seed=3)
+        assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+        assert np.array_equal(streamed.image, plain.image)
+        with pytest.raises(InvalidInputError, match="STEPS must be in"):
+            c.upscale_streaming(small, steps=999)
+        # the stream model keeps serving after a rejected request
+        assert c.upscale_streaming(small, steps=0).image.shape == (192, 256, 3)

@@ -47,12 +47,16 @@ def stage_config(stage: str, variant: str) -> str:
     return body
 
 
-def orchestrator_config(variant: str, residual_scale: float, model_version: str) -> str:
-    """Config of the ``hndsr`` BLS model (Python backend on both variants)."""
+def orchestrator_config(variant: str, residual_scale: float, model_version: str, stream: bool = False) -> str:
+    """Config of the ``hndsr`` BLS model (Python backend on both variants), or of its decoupled
+    twin ``hndsr_stream`` that also streams PROGRESS responses."""
     kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
     precision = "fp32" if variant == "cpu" else "fp16 (TensorRT)"
+    name = "hndsr_stream" if stream else "hndsr"
+    progress = ',\n  { name: "PROGRESS" data_type: TYPE_INT32 dims: [ 2 ] }' if stream else ""
+    policy = "model_transaction_policy { decoupled: true }\n" if stream else ""
     return (
-        'name: "hndsr"\nbackend: "python"\nmax_batch_size: 0\n'
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
         "input [\n"
         '  { name: "IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] },\n'
         '  { name: "SCALE" data_type: TYPE_FP32 dims: [ 1 ] optional: true },\n'
@@ -62,8 +66,9 @@ def orchestrator_config(variant: str, residual_scale: float, model_version: str)
         "]\n"
         "output [\n"
         '  { name: "SR_IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] },\n'
-        '  { name: "INFO" data_type: TYPE_STRING dims: [ 1 ] }\n'
-        "]\n"
+        '  { name: "INFO" data_type: TYPE_STRING dims: [ 1 ] }'
+        f"{progress}\n]\n"
+        f"{policy}"
         f"instance_group [ {{ count: 2 kind: {kind} }} ]\n"
         + _parameters(
             {

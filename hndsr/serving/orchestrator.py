@@ -1,5 +1,8 @@
 """The ``hndsr`` Triton model: validates, tiles, runs the DDIM loop over BLS, stitches.
 
+The same class serves ``hndsr_stream``, a decoupled twin configuration that streams PROGRESS
+(INT32 [2]: steps done, total) responses over gRPC during the DDIM loop before the final result.
+
 Inputs: IMAGE (UINT8 [H, W, 3]); optional SCALE (FP32 [1]), STEPS (INT32 [1]), SEED (INT64 [1]),
 ETA (FP32 [1]). Outputs: SR_IMAGE (UINT8 [round(s*H), round(s*W), 3]) and INFO (BYTES [1], a
 JSON object: steps, tiles, per-stage milliseconds, device, precision, model version, seed).
@@ -44,6 +47,7 @@ class TritonPythonModel:
             self.device = torch.device("cpu")
             torch.set_num_threads(1)
         self.runner = BLSRunner(self.device)
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self._init_metrics()
 
     def _init_metrics(self) -> None:
@@ -77,13 +81,15 @@ class TritonPythonModel:
             eta=float(_scalar(request, "ETA", 0.0)),
         )
 
-    def _handle(self, request):
+    def _handle(self, request, is_cancelled, on_step=None):
         tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE")
         params = self._params(request)
         shape = tuple(int(d) for d in tensor.shape())
         validate(shape, "uint8", params, self.limits)  # Triton has already enforced the UINT8 dtype
         image = from_dlpack(tensor.to_dlpack())
-        result = super_resolve(image, params, self.runner, self.residual_scale, is_cancelled=request.is_cancelled)
+        result = super_resolve(
+            image, params, self.runner, self.residual_scale, is_cancelled=is_cancelled, on_step=on_step
+        )
         info = {**result.info, "model_version": self.version, "precision": self.precision}
         self.m_tiles.increment(info["tiles"])
         self.m_steps.increment(info["steps"])
@@ -98,25 +104,36 @@ class TritonPythonModel:
             ]
         )
 
-    def execute(self, requests: list) -> list:
-        responses = []
+    def _respond(self, request, is_cancelled, on_step=None):
+        """The final response for a request, or an error response; counts the outcome."""
+        start = time.perf_counter()
+        try:
+            response = self._handle(request, is_cancelled, on_step)
+            self.m_requests["success"].increment(1)
+            return response
+        except InvalidRequest as exc:
+            self.m_requests["invalid"].increment(1)
+            error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+        except Cancelled as exc:
+            self.m_requests["cancelled"].increment(1)
+            error = pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
+        except Exception as exc:  # noqa: BLE001 - report any failure to the client, keep serving
+            self.m_requests["error"].increment(1)
+            pb_utils.Logger.log_error(f"hndsr request failed after {time.perf_counter() - start:.1f}s: {exc!r}")
+            error = pb_utils.TritonError(f"internal error: {exc}")
+        return pb_utils.InferenceResponse(error=error)
+
+    def execute(self, requests: list) -> list | None:
+        if not self.decoupled:
+            return [self._respond(r, r.is_cancelled) for r in requests]
         for request in requests:
-            start = time.perf_counter()
-            try:
-                responses.append(self._handle(request))
-                self.m_requests["success"].increment(1)
-            except InvalidRequest as exc:
-                self.m_requests["invalid"].increment(1)
-                responses.append(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+            sender = request.get_response_sender()
+
+            def progress(done: int, total: int, sender=sender) -> None:
+                sender.send(
+                    pb_utils.InferenceResponse([pb_utils.Tensor("PROGRESS", np.array([done, total], np.int32))])
                 )
-            except Cancelled as exc:
-                self.m_requests["cancelled"].increment(1)
-                responses.append(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED))
-                )
-            except Exception as exc:  # noqa: BLE001 - report any failure to the client, keep serving
-                self.m_requests["error"].increment(1)
-                pb_utils.Logger.log_error(f"hndsr request failed after {time.perf_counter() - start:.1f}s: {exc!r}")
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"internal error: {exc}")))
-        return responses
+
+            final = self._respond(request, sender.is_cancelled, progress)
+            sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None

@@ -1,0 +1,3 @@
+"""The HNDSR orchestrator (implementation: hndsr.serving.orchestrator)."""
+
+from hndsr.serving.orchestrator import TritonPythonModel  # noqa: F401
