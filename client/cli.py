@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from client.triton_client import HNDSRClient, HNDSRError
-from hndsr.imaging import read_rgb, write_rgb
+from hndsr.image_io import read_rgb, write_rgb
 
 cli = typer.Typer(add_completion=False, help="Thin client for the HNDSR model served by Triton.")
 

@@ -63,7 +63,7 @@ def demo(
 ) -> None:
     """Export if needed, start Triton, super-resolve SRC -> DST through it over gRPC, stop."""
     from client.triton_client import HNDSRClient
-    from hndsr.imaging import read_rgb, write_rgb
+    from hndsr.image_io import read_rgb, write_rgb
     from hndsr.serving.server import start_server, stop_server, wait_ready
 
     ensure_exported()

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from hndsr.config import SCALE_MAX, SCALE_MIN
-from hndsr.imaging import IMAGE_SUFFIXES, bicubic_downscale, read_rgb, upsample
+from hndsr.image_io import IMAGE_SUFFIXES, bicubic_downscale, read_rgb
+from hndsr.imaging import upsample
 
 ANCHOR_SCALES = (2.0, 3.0, 4.0, 4.0, 8.0)
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from hndsr.baselines import SPAN_MODELS, SpanNcnn, bicubic
 from hndsr.data import list_images
-from hndsr.imaging import bicubic_downscale, read_rgb
+from hndsr.image_io import bicubic_downscale, read_rgb
 from hndsr.metrics import psnr_y, ssim_y
 from hndsr.niqe import DEFAULT_PARAMS, niqe
 from hndsr.pipeline import SRParams, TorchRunner, super_resolve

@@ -17,7 +17,8 @@ from torch.nn import functional as F
 
 from hndsr.config import LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
 from hndsr.diffusion import DDIMScheduler
-from hndsr.imaging import output_size, to_uint8, upsample
+from hndsr.image_io import output_size
+from hndsr.imaging import to_uint8, upsample
 from hndsr.tiling import TilePlan
 
 

@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 from hndsr.data import PatchSampler, load_images
 from hndsr.diffusion import DDIMScheduler
-from hndsr.imaging import bicubic_downscale, to_tensor, upsample
+from hndsr.image_io import bicubic_downscale
+from hndsr.imaging import to_tensor, upsample
 from hndsr.metrics import psnr_y
 from hndsr.models.hndsr import HNDSR
 

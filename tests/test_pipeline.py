@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hndsr.config import Limits
-from hndsr.imaging import read_rgb
+from hndsr.image_io import read_rgb
 from hndsr.pipeline import InvalidRequest, SRParams, TorchRunner, super_resolve, validate
 
 from .conftest import FIXTURES

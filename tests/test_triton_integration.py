@@ -15,7 +15,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from client import HNDSRClient, InvalidInputError
-from hndsr.imaging import read_rgb
+from hndsr.image_io import read_rgb
 
 from .conftest import FIXTURES
 

@@ -27,7 +27,7 @@ from client.triton_client import (  # noqa: E402
 )
 from hndsr.config import SCALE_MAX, SCALE_MIN  # noqa: E402
 from hndsr.geotiff import read_georeference, write_geotiff  # noqa: E402
-from hndsr.imaging import IMAGE_SUFFIXES, read_rgb, write_rgb  # noqa: E402
+from hndsr.image_io import IMAGE_SUFFIXES, read_rgb, write_rgb  # noqa: E402
 from ui import triton_metrics  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
