@@ -24,7 +24,7 @@ def bicubic(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class SpanNcnn:
     """SPAN ch48 at 2x or 4x on CPU."""
 
-    def __init__(self, scale: int, threads: int = 2) -> None:
+    def __init__(self, scale: int, threads: int = 1) -> None:
         import ncnn
 
         if scale not in SPAN_MODELS:
@@ -44,6 +44,8 @@ class SpanNcnn:
             "use_bf16_storage",
         ):
             setattr(self.net.opt, flag, False)
+        # One thread by default: ncnn's OpenMP workers spin after each call and starve torch's
+        # threads in the same process; SPAN is fast enough single-threaded.
         self.net.opt.num_threads = threads
         name = SPAN_MODELS[scale]
         self.net.load_param(str(folder / f"{name}.param"))

@@ -94,6 +94,30 @@ def demo(
 
 
 @app.command()
+def up(
+    host: str = typer.Option("127.0.0.1", help="address for Triton and the UI"),
+    ui_port: int = 7860,
+) -> None:
+    """Start Triton (CPU) and the web UI together; Ctrl-C stops both."""
+    from hndsr.serving.server import start_server, stop_server, wait_ready
+    from ui.app import launch
+
+    ensure_exported()
+    opts = _options(host, 8000, 8001, 8002, None)
+    log = REPO_ROOT / "runs" / "tritonserver.log"
+    log.parent.mkdir(exist_ok=True)
+    proc = start_server(opts, log)
+    try:
+        wait_ready(opts.host, opts.http_port, 300, proc)
+        typer.echo(f"Triton ready (log: {log}); UI on http://{host}:{ui_port}")
+        launch(f"{host}:8001", f"{host}:8000", f"http://{host}:8002/metrics", host, ui_port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(proc)
+
+
+@app.command()
 def export(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
     """Export every stage to ONNX, check parity with PyTorch, write the configs."""
     from export.export_onnx import export_all

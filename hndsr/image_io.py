@@ -31,4 +31,4 @@ def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 def bicubic_downscale(hr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The reference degradation: PIL bicubic resize of uint8 HR to (height, width)."""
-    return np.asarray(Image.fromarray(hr).resize((size[1], size[0]), Image.BICUBIC))
+    return np.array(Image.fromarray(hr).resize((size[1], size[0]), Image.BICUBIC))

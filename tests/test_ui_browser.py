@@ -147,7 +147,7 @@ def test_invalid_input_shows_error(page, tmp_path):
 def test_server_down_message(browser):
     """A UI pointed at a Triton that is not there says so (badge and error)."""
     port = free_port()
-    dead = f"127.0.0.1:{free_port()}"
+    dead = "127.0.0.1:9"  # the discard port: nothing listens there
     proc = subprocess.Popen(
         [
             sys.executable,
