@@ -192,3 +192,13 @@ def test_streaming_progress_and_same_result(triton, small):
             c.upscale_streaming(small, steps=999)
         # the stream model keeps serving after a rejected request
         assert c.upscale_streaming(small, steps=0).image.shape == (192, 256, 3)
+
+
+def test_perf_analyzer_load_test(triton, tmp_path):
+    """perf_analyzer (from the tritonclient wheel) drives the served model: bounded, local only."""
+    from client.load_test import run
+
+    image = read_rgb(FIXTURES / "teak_2.png")[:32, :32].copy()
+    rows = run(triton["grpc"], image, 2.0, 0, "1:2", 3, tmp_path / "perf.csv")
+    assert [r["Concurrency"] for r in rows] == ["1", "2"]
+    assert all(float(r["Inferences/Second"]) > 0 for r in rows)

@@ -1,0 +1,129 @@
+"""``hndsr-loadtest``: drive the served ``hndsr`` model with Triton's perf_analyzer.
+
+perf_analyzer ships in the ``tritonclient`` manylinux wheel (``.venv/bin/perf_analyzer``); on a
+CPU machine it needs Debian's ``libb64-0d`` and ``libcudart.so.12`` (PyPI
+``nvidia-cuda-runtime-cu12``, found automatically) on the library path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hndsr.image_io import read_rgb
+
+
+def perf_analyzer_path() -> str:
+    candidate = Path(sys.executable).parent / "perf_analyzer"
+    found = str(candidate) if candidate.exists() else shutil.which("perf_analyzer")
+    if not found:
+        raise FileNotFoundError("perf_analyzer not found: pip install 'tritonclient[all]==2.51.0' (manylinux wheel)")
+    return found
+
+
+def perf_env() -> dict[str, str]:
+    env = dict(os.environ)
+    spec = importlib.util.find_spec("nvidia.cuda_runtime")
+    if spec and spec.submodule_search_locations:
+        lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH", "")]))
+    return env
+
+
+def input_data(image: np.ndarray, scale: float, steps: int, seed: int) -> dict:
+    """perf_analyzer's --input-data JSON for one hndsr request."""
+    return {
+        "data": [
+            {
+                "IMAGE": {"content": image.reshape(-1).tolist(), "shape": list(image.shape)},
+                "SCALE": [scale],
+                "STEPS": [steps],
+                "SEED": [seed],
+            }
+        ]
+    }
+
+
+def run(
+    url: str,
+    image: np.ndarray,
+    scale: float,
+    steps: int,
+    concurrency: str,
+    requests_per_window: int,
+    out_csv: Path,
+    protocol: str = "grpc",
+) -> list[dict[str, str]]:
+    """Run perf_analyzer over a concurrency range; returns its CSV rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "input.json"
+        data.write_text(json.dumps(input_data(image, scale, steps, 0)))
+        cmd = [
+            perf_analyzer_path(),
+            "-m",
+            "hndsr",
+            "-u",
+            url,
+            "-i",
+            protocol,
+            "--input-data",
+            str(data),
+            "--shape",
+            f"IMAGE:{image.shape[0]},{image.shape[1]},3",
+            "--concurrency-range",
+            concurrency,
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            str(requests_per_window),
+            "--max-threads",
+            "4",
+            "-f",
+            str(out_csv),
+        ]
+        proc = subprocess.run(cmd, env=perf_env(), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"perf_analyzer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+    with out_csv.open() as f:
+        return list(csv.DictReader(f))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("image", type=Path, help="LR input image")
+    parser.add_argument("--url", default="127.0.0.1:8001")
+    parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    parser.add_argument("--scale", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=0)
+    parser.add_argument("--concurrency", default="1:2", help="perf_analyzer --concurrency-range")
+    parser.add_argument("--requests", type=int, default=10, help="requests per measurement window")
+    parser.add_argument("--csv", type=Path, default=Path("runs/perf_analyzer.csv"))
+    args = parser.parse_args(argv)
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    rows = run(
+        args.url, read_rgb(args.image), args.scale, args.steps, args.concurrency, args.requests, args.csv, args.protocol
+    )
+    print("| concurrency | inferences/s | p50 latency (ms) | p90 (ms) | p99 (ms) |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['Concurrency']} | {float(row['Inferences/Second']):.2f} | {int(row['p50 latency']) / 1000:.0f} "
+            f"| {int(row['p90 latency']) / 1000:.0f} | {int(row['p99 latency']) / 1000:.0f} |"
+        )
+    print(f"full CSV: {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
