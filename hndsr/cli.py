@@ -165,6 +165,15 @@ def train(
     typer.echo(f"weights: {path}; curves: {out / 'curves.png'}")
 
 
+@app.command()
+def bench(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
+    """Print speed ratios measured side by side: DFT-matmul vs torch.fft, onnxruntime vs PyTorch."""
+    from hndsr.bench import report
+
+    ensure_exported(weights, repo)
+    typer.echo(report(weights, repo))
+
+
 def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
