@@ -202,3 +202,28 @@ def test_perf_analyzer_load_test(triton, tmp_path):
     rows = run(triton["grpc"], image, 2.0, 0, "1:2", 3, tmp_path / "perf.csv")
     assert [r["Concurrency"] for r in rows] == ["1", "2"]
     assert all(float(r["Inferences/Second"]) > 0 for r in rows)
+
+
+def _metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_cancelled_request_stops_the_ddim_loop(triton, small):
+    """A gRPC client that goes away stops the server's DDIM loop between steps."""
+    import time
+
+    cancelled = 'hndsr_requests_total{outcome="cancelled"}'
+    before = _metric(triton["metrics"], cancelled)
+    client = grpcclient.InferenceServerClient(triton["grpc"])
+    inputs = _raw_inputs(grpcclient, small, STEPS=250, SCALE=2.0)
+    call = client.async_infer("hndsr", inputs, callback=lambda result, error: None)
+    time.sleep(2.0)
+    call.cancel()
+    deadline = time.monotonic() + 60
+    while _metric(triton["metrics"], cancelled) <= before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _metric(triton["metrics"], cancelled) == before + 1
+    # the server still serves
+    with HNDSRClient(triton["grpc"]) as c:
+        assert c.upscale(small, steps=0).image.shape == (192, 256, 3)
