@@ -171,6 +171,11 @@ class HNDSRClient:
         if self.protocol != "grpc":
             raise ValueError("progress streaming needs the gRPC protocol")
         inputs = self._request(image, scale, steps, seed, eta)
+        # Fail fast when the server is down: a stream to a dead address can wait out its timeout.
+        try:
+            self._client.is_server_live(client_timeout=10)
+        except InferenceServerException as exc:
+            raise _map_error(exc) from None
         responses: queue.Queue = queue.Queue()
         start = time.perf_counter()
         self._client.start_stream(callback=lambda result, error: responses.put((result, error)))

@@ -132,6 +132,22 @@ def test_upscale_in_browser(page, tmp_path):
     assert read_georeference(path).tags[33550][:2] == pytest.approx((0.025, 0.025))
 
 
+def test_progress_bar_follows_server_steps(page):
+    """With DDIM steps, the progress shown comes from the server's PROGRESS stream."""
+    page.locator("#scale").get_by_text("2×", exact=True).click()
+    page.locator("#steps").get_by_text("20", exact=True).click()
+    page.locator("#random-seed").get_by_text("Random seed").click()
+    page.locator("#run").click()
+    wait_for_text(page, "DDIM step", timeout_ms=120_000)
+    page.screenshot(path=str(ARTIFACTS / "ui_progress.png"), full_page=True)
+    page.locator("#metadata").get_by_text("320×320", exact=False).wait_for(timeout=180_000)
+    meta = page.locator("#metadata").inner_text()
+    assert "20" in meta
+    seed_used = page.locator("#seed input").input_value()
+    assert f"\n{seed_used}" in meta or seed_used in meta  # the random seed that was used is shown
+    page.locator("#random-seed").get_by_text("Random seed").click()
+
+
 def test_invalid_input_shows_error(page, tmp_path):
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tiny)
