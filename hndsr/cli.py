@@ -8,13 +8,14 @@ from pathlib import Path
 
 import typer
 
-from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS
+from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, TrainConfig
 from hndsr.serving.server import REPO_ROOT, ServerOptions
 
 app = typer.Typer(add_completion=False, help="HNDSR super-resolution served by NVIDIA Triton.")
 
 WEIGHTS = REPO_ROOT / "weights" / "hndsr.safetensors"
 REPO = REPO_ROOT / "model_repository"
+TRAIN = TrainConfig(data="")
 
 
 def ensure_exported(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
@@ -129,20 +130,20 @@ def export(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
 def train(
     data: Path = typer.Option(..., exists=True, help="training images (e.g. ../shared/data/aerial/train)"),
     val: Path | None = typer.Option(None, help="validation images for the quick PSNR log"),
-    out: Path = Path("runs/train"),
-    ae_steps: int = 1000,
-    prior_steps: int = 5000,
-    unet_steps: int = 3000,
-    batch: int = 16,
-    patch: int = 128,
-    prior_patch: int = 256,
-    lr: float = 2e-4,
-    seed: int = 0,
-    threads: int = 0,
+    out: Path = Path(TRAIN.out),
+    ae_steps: int = TRAIN.ae_steps,
+    prior_steps: int = TRAIN.prior_steps,
+    unet_steps: int = TRAIN.unet_steps,
+    batch: int = TRAIN.batch,
+    patch: int = TRAIN.patch,
+    prior_patch: int = TRAIN.prior_patch,
+    lr: float = TRAIN.lr,
+    seed: int = TRAIN.seed,
+    threads: int = TRAIN.threads,
     weights_out: Path = WEIGHTS,
 ) -> None:
     """Train autoencoder -> FNO prior -> residual diffusion UNet (resumes from OUT/checkpoint.pt)."""
-    from hndsr.train import TrainConfig, plot_log
+    from hndsr.train import plot_log
     from hndsr.train import train as run_training
 
     cfg = TrainConfig(

@@ -33,3 +33,24 @@ class Limits:
     steps_max: int = STEPS_MAX
     min_input_side: int = MIN_INPUT_SIDE
     max_output_pixels: int = MAX_OUTPUT_PIXELS
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are those of the shipped weights."""
+
+    data: str
+    out: str = "runs/train"
+    val: str | None = None
+    ae_steps: int = 1000
+    prior_steps: int = 4500
+    unet_steps: int = 2500
+    batch: int = 16
+    patch: int = 128
+    prior_patch: int = 256
+    lr: float = 2e-4
+    seed: int = 0
+    checkpoint_every: int = 200
+    eval_every: int = 250
+    threads: int = 0
+    weights_out: str | None = None

@@ -6,13 +6,14 @@ import csv
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from hndsr.config import TrainConfig
 from hndsr.data import PatchSampler, load_images
 from hndsr.diffusion import DDIMScheduler
 from hndsr.image_io import bicubic_downscale
@@ -21,25 +22,6 @@ from hndsr.metrics import psnr_y
 from hndsr.models.hndsr import HNDSR
 
 STAGE_ORDER = ("autoencoder", "prior", "unet")
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str = "runs/train"
-    val: str | None = None
-    ae_steps: int = 1500
-    prior_steps: int = 4000
-    unet_steps: int = 4000
-    batch: int = 16
-    patch: int = 128
-    prior_patch: int = 128
-    lr: float = 2e-4
-    seed: int = 0
-    checkpoint_every: int = 200
-    eval_every: int = 250
-    threads: int = 0
-    weights_out: str | None = None
 
 
 def _steps(cfg: TrainConfig, stage: str) -> int:

@@ -2,8 +2,9 @@
 
 import csv
 
+from hndsr.config import TrainConfig
 from hndsr.models.hndsr import HNDSR
-from hndsr.train import TrainConfig, plot_log, train
+from hndsr.train import plot_log, train
 
 from .conftest import FIXTURES
 
