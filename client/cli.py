@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from client.triton_client import HNDSRClient, HNDSRError
+from hndsr.config import DEFAULT_STEPS
 from hndsr.image_io import read_rgb, write_rgb
 
 cli = typer.Typer(add_completion=False, help="Thin client for the HNDSR model served by Triton.")
@@ -30,7 +31,7 @@ def upscale(
     src: Path = typer.Argument(..., exists=True, help="PNG, JPEG, TIFF/GeoTIFF or AVIF"),
     dst: Path = typer.Argument(..., help="output .png, .tif or .tiff"),
     scale: float = typer.Option(4.0, help="upscaling factor (2 to 8, non-integer allowed)"),
-    steps: int = typer.Option(20, help="DDIM steps; 0 = fast deterministic path"),
+    steps: int = typer.Option(DEFAULT_STEPS, help="DDIM steps; 0 = fast deterministic path"),
     seed: int = typer.Option(0, help="noise seed (same seed -> same output)"),
     eta: float = typer.Option(0.0, help="DDIM eta (0 = deterministic sampler)"),
     url: str | None = URL,

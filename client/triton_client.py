@@ -14,6 +14,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from hndsr.config import DEFAULT_STEPS
+
 MODEL = "hndsr"
 STREAM_MODEL = "hndsr_stream"
 GRPC_MAX_MESSAGE = 2**31 - 1
@@ -144,7 +146,7 @@ class HNDSRClient:
         return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
     def upscale(
-        self, image: np.ndarray, scale: float = 4.0, steps: int = 20, seed: int = 0, eta: float = 0.0
+        self, image: np.ndarray, scale: float = 4.0, steps: int = DEFAULT_STEPS, seed: int = 0, eta: float = 0.0
     ) -> UpscaleResult:
         """Super-resolve a uint8 RGB image. Raises one of the ``HNDSRError`` subclasses."""
         inputs = self._request(image, scale, steps, seed, eta)
@@ -161,7 +163,7 @@ class HNDSRClient:
         self,
         image: np.ndarray,
         scale: float = 4.0,
-        steps: int = 20,
+        steps: int = DEFAULT_STEPS,
         seed: int = 0,
         eta: float = 0.0,
         on_progress: Callable[[int, int], None] | None = None,

@@ -25,13 +25,13 @@ from client.triton_client import (  # noqa: E402
     RequestTimeoutError,
     ServerUnavailableError,
 )
-from hndsr.config import SCALE_MAX, SCALE_MIN  # noqa: E402
+from hndsr.config import DEFAULT_STEPS, SCALE_MAX, SCALE_MIN  # noqa: E402
 from hndsr.geotiff import read_georeference, write_geotiff  # noqa: E402
 from hndsr.image_io import IMAGE_SUFFIXES, read_rgb, write_rgb  # noqa: E402
 from ui import triton_metrics  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-STEP_CHOICES = [0, 20, 50, 100]
+STEP_CHOICES = [0, 4, 20, 50, 100]
 SCALE_CHOICES = ["2×", "4×", "8×", "custom"]
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 CSS = """
@@ -157,7 +157,7 @@ class HNDSRApp:
                         elem_id="custom-scale",
                     )
                     steps = gr.Radio(
-                        STEP_CHOICES, value=20, label="DDIM steps (0 = fast, deterministic)", elem_id="steps"
+                        STEP_CHOICES, value=DEFAULT_STEPS, label="DDIM steps (0 = fast, deterministic)", elem_id="steps"
                     )
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
