@@ -18,7 +18,6 @@ class BLSRunner:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.calls: dict[str, int] = {}
 
     def _infer(self, stage: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
         spec = STAGE_SPECS[stage]
@@ -33,7 +32,7 @@ class BLSRunner:
         response = request.exec()
         if response.has_error():
             raise StageError(f"{stage}: {response.error().message()}")
-        self.calls[stage] = self.calls.get(stage, 0) + 1
+        # Copy out of the response's buffers: they are released with the response object.
         return [
             from_dlpack(pb_utils.get_output_tensor_by_name(response, s.name).to_dlpack()).to(self.device).clone()
             for s in spec.outputs
