@@ -3,7 +3,7 @@
 # serve them with --model-config-name=trt:
 #   docker compose run --rm triton bash export/build_trt_plans.sh
 #   (then set --model-config-name=trt in compose.yaml)
-# Not run in CI (no GPU there). Shapes: batch 1..512 tiles, tile 256 (latent 64), as in
+# Not run in CI (no GPU there). Shapes: batch 1..512 tiles, tile 208 (latent 52), as in
 # hndsr/config.py and hndsr/serving/stages.py.
 set -euo pipefail
 REPO=${1:-/opt/hndsr/model_repository}
@@ -22,8 +22,8 @@ build() {  # stage, shapes spec (name:dims without batch)
     --minShapes="$min" --optShapes="$opt" --maxShapes="$max" --memPoolSize=workspace:8192
 }
 
-build encoder IMAGE:3x256x256
-build prior IMAGE:3x256x256 SCALE:1
-build unet LATENT:32x64x64 TIMESTEP:1 CONTEXT:32x64x64
-build decoder LATENT:32x64x64
+build encoder IMAGE:3x208x208
+build prior LATENT:48x52x52 SCALE:1
+build unet LATENT:48x52x52 TIMESTEP:1 PRIOR:48x52x52 CONTEXT:16x52x52
+build decoder LATENT:48x52x52
 echo "plans written under $REPO/*/1/model.plan"

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import torch
 
 from hndsr.models.hndsr import HNDSR, STAGES
+from hndsr.pipeline import Sampling
 from hndsr.serving.configs import orchestrator_config, stage_config
 from hndsr.serving.stages import STAGE_SPECS, example_inputs, stage_module
 
@@ -70,7 +71,7 @@ def _model_py(doc: str, module: str) -> str:
     return f'"""{doc} (implementation: {module})."""\n\nfrom {module} import TritonPythonModel  # noqa: F401\n'
 
 
-def write_configs(repo: Path, residual_scale: float, version: str) -> None:
+def write_configs(repo: Path, sampling: Sampling, version: str) -> None:
     for stage in STAGES:
         (repo / stage / "configs").mkdir(parents=True, exist_ok=True)
         (repo / stage / "config.pbtxt").write_text(stage_config(stage, "cpu"))
@@ -82,10 +83,10 @@ def write_configs(repo: Path, residual_scale: float, version: str) -> None:
     for name, stream in (("hndsr", False), ("hndsr_stream", True)):
         for sub in ("configs", "1"):
             (repo / name / sub).mkdir(parents=True, exist_ok=True)
-        (repo / name / "config.pbtxt").write_text(orchestrator_config("cpu", residual_scale, version, stream))
+        (repo / name / "config.pbtxt").write_text(orchestrator_config("cpu", sampling, version, stream))
         for variant in ("gpu", "trt"):
             (repo / name / "configs" / f"{variant}.pbtxt").write_text(
-                orchestrator_config(variant, residual_scale, version, stream)
+                orchestrator_config(variant, sampling, version, stream)
             )
         (repo / name / "1" / "model.py").write_text(_model_py("The HNDSR orchestrator", "hndsr.serving.orchestrator"))
 
@@ -113,7 +114,7 @@ def export_all(weights: Path = DEFAULT_WEIGHTS, repo: Path = DEFAULT_REPO, verbo
         if errors[stage] > PARITY_TOLERANCE:
             raise RuntimeError(f"{stage}: ONNX parity error {errors[stage]:.2e} > {PARITY_TOLERANCE}")
         (path.parent / "model.onnx.sha256").write_text(digest + "\n")
-    write_configs(repo, float(model.residual_scale), f"hndsr-{digest[:12]}")
+    write_configs(repo, Sampling.of(model), f"hndsr-{digest[:12]}")
     return errors
 
 

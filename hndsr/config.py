@@ -6,21 +6,23 @@ from dataclasses import dataclass
 
 LATENT_FACTOR = 4
 """HR pixels per latent cell along each axis."""
-LATENT_CHANNELS = 32
-CONTEXT_CHANNELS = 32
+LATENT_CHANNELS = 48
+"""As many latent channels as pixels in a 4x4 cell: the autoencoder need not compress."""
+CONTEXT_CHANNELS = 16
 
-TILE = 256
-"""HR tile edge fed to the exported stage models (fixed shape for ONNX/TensorRT)."""
-TILE_OVERLAP = 32
+TILE = 208
+"""HR tile edge fed to the exported stage models (fixed shape for ONNX/TensorRT). 208 = 192 + 16:
+a 400x400 output (a 100x100 LR tile at 4x) needs 2x2 tiles with 8% overlap work."""
+TILE_OVERLAP = 16
 """HR pixels shared by neighbouring tiles, blended with a Hann ramp."""
 LATENT_TILE = TILE // LATENT_FACTOR
 
 SCALE_MIN = 2.0
 SCALE_MAX = 8.0
-STEPS_MAX = 250
+STEPS_MAX = 50
 DEFAULT_SCALE = 4.0
-DEFAULT_STEPS = 4
-"""Chosen from the 4/8/20/50-step sweep on val/TEAK (README): best NIQE, least PSNR loss."""
+DEFAULT_STEPS = 2
+"""Default DDIM steps of the generative path (README: step/start sweep on val/TEAK)."""
 MIN_INPUT_SIDE = 8
 MAX_OUTPUT_PIXELS = 16_000_000
 
@@ -38,20 +40,44 @@ class Limits:
 
 @dataclass
 class TrainConfig:
-    """Training settings; the defaults are those of the shipped weights."""
+    """Training settings (two phases: regression, then diffusion); see ``hndsr.train``.
+
+    A phase ends after ``*_steps`` steps or ``*_seconds`` of wall time, whichever comes first
+    (0 seconds = no time limit); the learning-rate schedule follows that progress.
+    """
 
     data: str
     out: str = "runs/train"
     val: str | None = None
-    ae_steps: int = 1000
-    prior_steps: int = 4500
-    unet_steps: int = 2500
+    init: str | None = None
+    """Start from these weights (e.g. the committed ones) and the phase/step in their metadata."""
+    restart_phase: str | None = None
+    """With ``init``: start this phase from step 0 instead (fine-tuning)."""
+    augment: bool = True
+    """Random shrink of the HR images and colour-channel shuffles (see ``PatchBank``)."""
+    regression_steps: int = 40_000
+    diffusion_steps: int = 20_000
+    degrid_steps: int = 3_000
+    regression_seconds: float = 0.0
+    diffusion_seconds: float = 0.0
+    degrid_seconds: float = 0.0
     batch: int = 16
-    patch: int = 128
-    prior_patch: int = 256
-    lr: float = 2e-4
+    patch: int = TILE
+    lr: float = 1e-3
+    diffusion_lr: float = 5e-4
+    degrid_lr: float = 1e-4
+    harmonic_weight: float = 0.2
+    """Weight of the latent-grid harmonic error (relative to MSE) in the degrid phase."""
+    mse_tail: float = 0.2
+    """Final fraction of the regression phase trained with MSE instead of L1."""
+    ema: float = 0.999
+    max_timestep: int = 700
+    """The UNet is trained on timesteps below this (sampling starts at or below it)."""
+    start_timestep: int = 400
     seed: int = 0
-    checkpoint_every: int = 200
-    eval_every: int = 250
+    checkpoint_seconds: float = 600.0
+    eval_seconds: float = 300.0
     threads: int = 0
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
     weights_out: str | None = None

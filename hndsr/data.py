@@ -1,4 +1,4 @@
-"""Training data: HR crops of the aerial GeoTIFFs and their bicubic LR counterparts."""
+"""Training data: HR crops of the aerial images and their bicubic LR counterparts, made on the device."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torch.nn import functional as F
 
 from hndsr.config import SCALE_MAX, SCALE_MIN
-from hndsr.image_io import IMAGE_SUFFIXES, bicubic_downscale, read_rgb
+from hndsr.image_io import IMAGE_SUFFIXES, read_rgb
 from hndsr.imaging import upsample
 
-ANCHOR_SCALES = (2.0, 3.0, 4.0, 4.0, 8.0)
+ANCHOR_SCALES = (2.0, 3.0, 4.0, 4.0, 4.0, 8.0)
+"""4x (the main use) weighted three times."""
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -26,37 +29,86 @@ def load_images(root: str | Path) -> list[np.ndarray]:
     return [read_rgb(p) for p in list_images(root)]
 
 
+def pack_images(src: str | Path, dst: str | Path) -> tuple[int, int]:
+    """Copy every image under ``src`` to ``dst`` as lossless WebP (same relative paths).
+
+    Used to ship the training set to the GPU machine inside its 64 MiB transfer limit.
+    Returns (files, bytes written); raises if a round trip is not bit-exact.
+    """
+    src, dst = Path(src), Path(dst)
+    total = 0
+    files = list_images(src)
+    for path in files:
+        image = read_rgb(path)
+        out = (dst / path.relative_to(src)).with_suffix(".webp")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(out, lossless=True, quality=100, method=3, exact=True)
+        if not np.array_equal(read_rgb(out), image):
+            raise RuntimeError(f"lossless WebP round trip failed for {path}")
+        total += out.stat().st_size
+    return len(files), total
+
+
 def sample_scale(rng: random.Random) -> float:
-    """Anchor scales (4x weighted twice) 60% of the time, else uniform in the supported range."""
-    if rng.random() < 0.6:
+    """Anchor scales (4x weighted) 70% of the time, else uniform in the supported range."""
+    if rng.random() < 0.7:
         return rng.choice(ANCHOR_SCALES)
     return round(rng.uniform(SCALE_MIN, SCALE_MAX), 2)
 
 
-class PatchSampler:
-    """Draws batches of (bicubic-upsampled LR, HR, scale) with one scale per batch."""
+def bicubic_degrade(hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic downscale of float [B, 3, H, W] in [0, 1], quantised to 8 bits.
 
-    def __init__(self, images: list[np.ndarray], patch: int, seed: int = 0) -> None:
-        self.images = [im for im in images if min(im.shape[:2]) >= patch]
+    Torch's antialiased bicubic is PIL's filter (the reference degradation), vectorised on
+    the training device.
+    """
+    lr = F.interpolate(hr, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return (lr.clamp(0, 1) * 255).round() / 255
+
+
+class PatchBank:
+    """The training images on the device; draws batches of (bicubic canvas, HR, scale)."""
+
+    def __init__(
+        self, images: list[np.ndarray], patch: int, device: torch.device, seed: int = 0, augment: bool = False
+    ) -> None:
+        kept = [im for im in images if min(im.shape[:2]) >= patch]
+        if not kept:
+            raise ValueError(f"no image is at least {patch} pixels on each side")
+        self.images = [torch.from_numpy(np.array(im)).permute(2, 0, 1).to(device) for im in kept]
         self.patch = patch
+        self.device = device
         self.rng = random.Random(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.augment = augment
 
     def batch(self, size: int, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One scale per batch; random crop, rotation, flip and colour-channel order per sample.
+
+        With ``augment``, half of the batches are cut from the images shrunk by a random factor
+        in [0.55, 1] (other ground sample distances: more texture variety than 151 tiles hold).
+        """
         scale = scale if scale is not None else sample_scale(self.rng)
-        p = self.patch
-        lr_side = max(2, int(round(p / scale)))
-        hrs, lrs = [], []
+        p, rng = self.patch, self.rng
+        shrink = rng.uniform(0.55, 1.0) if self.augment and rng.random() < 0.5 else 1.0
+        side = p if shrink == 1.0 else int(round(p / shrink))
+        crops = []
         for _ in range(size):
-            im = self.rng.choice(self.images)
-            y = self.rng.randrange(im.shape[0] - p + 1)
-            x = self.rng.randrange(im.shape[1] - p + 1)
-            crop = im[y : y + p, x : x + p]
-            crop = np.rot90(crop, self.rng.randrange(4))
-            if self.rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            crop = np.ascontiguousarray(crop)
-            hrs.append(crop)
-            lrs.append(bicubic_downscale(crop, (lr_side, lr_side)))
-        hr = torch.from_numpy(np.stack(hrs)).permute(0, 3, 1, 2).float() / 255.0
-        lr = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).float() / 255.0
-        return upsample(lr, (p, p)), hr, torch.full((size, 1), float(scale))
+            im = rng.choice([i for i in self.images if min(i.shape[1:]) >= side] or self.images)
+            side_i = min(side, *im.shape[1:])
+            y = rng.randrange(im.shape[1] - side_i + 1)
+            x = rng.randrange(im.shape[2] - side_i + 1)
+            crop = im[:, y : y + side_i, x : x + side_i]
+            if side_i != p:
+                crop = F.interpolate(crop[None].float(), size=(p, p), mode="bicubic", antialias=True)[0]
+                crop = crop.round().clamp(0, 255).to(torch.uint8)
+            crop = torch.rot90(crop, rng.randrange(4), dims=(1, 2))
+            if rng.random() < 0.5:
+                crop = crop.flip(2)
+            if self.augment and rng.random() < 0.3:
+                crop = crop[torch.randperm(3, generator=self.gen).tolist()]
+            crops.append(crop)
+        hr = torch.stack(crops).float() / 255.0
+        lr_side = max(2, int(round(p / scale)))
+        up = upsample(bicubic_degrade(hr, (lr_side, lr_side)), (p, p))
+        return up, hr, torch.full((size, 1), float(scale), device=self.device)

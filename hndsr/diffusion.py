@@ -33,15 +33,22 @@ class DDIMScheduler:
         self.alphas_cumprod = cosine_alphas_cumprod(self.num_train_timesteps)
         self.timesteps: list[int] = []
 
-    def set_timesteps(self, num_inference_steps: int) -> list[int]:
-        """Trailing spacing: the first step starts from the last (pure-noise) timestep."""
-        if num_inference_steps < 0 or num_inference_steps > self.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be in [0, {self.num_train_timesteps}]")
+    def set_timesteps(self, num_inference_steps: int, start: int | None = None) -> list[int]:
+        """Trailing spacing from ``start`` (default: the last, pure-noise timestep) down to 0.
+
+        A ``start`` below the last timestep is SDEdit-style partial sampling: the chain begins
+        from a noised version of the prior instead of pure noise, so few steps suffice.
+        """
+        start = self.num_train_timesteps - 1 if start is None else int(start)
+        if not 0 <= start < self.num_train_timesteps:
+            raise ValueError(f"start must be in [0, {self.num_train_timesteps - 1}], got {start}")
+        if num_inference_steps < 0 or num_inference_steps > start + 1:
+            raise ValueError(f"num_inference_steps must be in [0, {start + 1}], got {num_inference_steps}")
         if num_inference_steps == 0:
             self.timesteps = []
         else:
-            ratio = self.num_train_timesteps / num_inference_steps
-            self.timesteps = [int(round(self.num_train_timesteps - i * ratio)) - 1 for i in range(num_inference_steps)]
+            ratio = (start + 1) / num_inference_steps
+            self.timesteps = [int(round(start + 1 - i * ratio)) - 1 for i in range(num_inference_steps)]
         return self.timesteps
 
     def previous_timestep(self, timestep: int) -> int:

@@ -23,7 +23,7 @@ from hndsr.data import list_images
 from hndsr.image_io import bicubic_downscale, read_rgb
 from hndsr.metrics import psnr_y, ssim_y
 from hndsr.niqe import DEFAULT_PARAMS, niqe
-from hndsr.pipeline import SRParams, TorchRunner, super_resolve
+from hndsr.pipeline import Sampling, SRParams, TorchRunner, super_resolve
 
 
 @dataclass
@@ -67,7 +67,7 @@ def torch_upscaler(model, scale: int, steps: int, seed: int = 0) -> Upscaler:
 
     def run(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         params = SRParams(scale=float(scale), steps=steps, seed=seed)
-        out = super_resolve(torch.from_numpy(lr), params, runner, float(model.residual_scale))
+        out = super_resolve(torch.from_numpy(lr), params, runner, Sampling.of(model))
         return out.image.numpy()
 
     return run

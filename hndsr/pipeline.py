@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch.nn import functional as F
 
-from hndsr.config import LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
+from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
 from hndsr.diffusion import DDIMScheduler
 from hndsr.image_io import output_size
 from hndsr.imaging import to_uint8, upsample
@@ -29,9 +29,11 @@ class StageRunner(Protocol):
 
     def encode(self, image: torch.Tensor) -> torch.Tensor: ...
 
-    def prior(self, image: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def prior(self, latent: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def denoise(self, latent: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor: ...
+    def denoise(
+        self, latent: torch.Tensor, timestep: torch.Tensor, prior: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor: ...
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor: ...
 
@@ -46,10 +48,22 @@ class Cancelled(RuntimeError):
 
 @dataclass
 class SRParams:
-    scale: float = 4.0
-    steps: int = 20
+    scale: float = DEFAULT_SCALE
+    steps: int = DEFAULT_STEPS
     seed: int = 0
     eta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Constants learned with the weights: residual latent scale and the DDIM start timestep."""
+
+    residual_scale: float
+    start_timestep: int
+
+    @classmethod
+    def of(cls, model) -> Sampling:
+        return cls(float(model.residual_scale), int(round(float(model.start_timestep))))
 
 
 @dataclass
@@ -87,6 +101,14 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def canvas_plan(out_h: int, out_w: int, tile: int = TILE, overlap: int = TILE_OVERLAP) -> TilePlan:
+    """Tile layout of the HR canvas for an ``out_h`` x ``out_w`` output (padded to the latent grid
+    and to at least one tile)."""
+    canvas_h = max(tile, _round_up(out_h, LATENT_FACTOR))
+    canvas_w = max(tile, _round_up(out_w, LATENT_FACTOR))
+    return TilePlan.create(canvas_h, canvas_w, tile, overlap, align=LATENT_FACTOR)
+
+
 def seeded_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """Gaussian noise drawn on the CPU (identical on every device), then moved."""
     return torch.randn(shape, generator=generator).to(device)
@@ -107,49 +129,56 @@ def super_resolve(
     image: torch.Tensor,
     params: SRParams,
     runner: StageRunner,
-    residual_scale: float,
+    sampling: Sampling,
     tile: int = TILE,
     overlap: int = TILE_OVERLAP,
     is_cancelled: Callable[[], bool] = lambda: False,
     on_step: Callable[[int, int], None] | None = None,
 ) -> SRResult:
-    """Super-resolve a uint8 [H, W, 3] image (any device) by ``params.scale``."""
+    """Super-resolve a uint8 [H, W, 3] image (any device) by ``params.scale``.
+
+    Steps 0: decoder(z0), z0 = FNO prior on the encoded bicubic canvas. Steps > 0: DDIM on the
+    residual latent, started SDEdit-style at ``sampling.start_timestep`` from noise around z0.
+    """
     start = time.perf_counter()
     device = runner.device
     timer = _Timer()
     height, width = image.shape[:2]
     out_h, out_w = output_size(height, width, params.scale)
-    canvas_h = max(tile, _round_up(out_h, LATENT_FACTOR))
-    canvas_w = max(tile, _round_up(out_w, LATENT_FACTOR))
 
     lr = image.to(device).permute(2, 0, 1)[None].float() / 255.0
     up = upsample(lr, (out_h, out_w))
-    up = F.pad(up, (0, canvas_w - out_w, 0, canvas_h - out_h), mode="replicate")[0]
-    plan = TilePlan.create(canvas_h, canvas_w, tile, overlap, align=LATENT_FACTOR)
+    plan = canvas_plan(out_h, out_w, tile, overlap)
+    up = F.pad(up, (0, plan.width - out_w, 0, plan.height - out_h), mode="replicate")[0]
     latent_plan = plan.downscaled(LATENT_FACTOR)
     tiles = plan.split(up)
 
     z_bicubic = timer.run("encoder", runner.encode, tiles)
     scale = torch.full((plan.count, 1), float(params.scale), device=device)
-    delta, context = timer.run("prior", runner.prior, tiles, scale)
-    latent = latent_plan.blend(z_bicubic + delta)
+    z0, context = timer.run("prior", runner.prior, z_bicubic, scale)
+    latent = latent_plan.blend(z0)
 
     scheduler = DDIMScheduler()
-    timesteps = scheduler.set_timesteps(params.steps)
+    timesteps = scheduler.set_timesteps(params.steps, start=sampling.start_timestep)
     if timesteps:
+        z0_tiles = latent_plan.split(latent)
+        context = latent_plan.split(latent_plan.blend(context))
         generator = torch.Generator().manual_seed(int(params.seed))
         shape = (LATENT_CHANNELS, latent_plan.height, latent_plan.width)
-        sample = seeded_noise(shape, generator, device)
+        # x_start = sqrt(a) * 0 + sqrt(1 - a) * noise: the prior's residual (0) noised to the start.
+        sample = seeded_noise(shape, generator, device) * (1 - scheduler.alpha(timesteps[0])) ** 0.5
         for i, t in enumerate(timesteps):
             if is_cancelled():
                 raise Cancelled(f"cancelled after {i} of {len(timesteps)} DDIM steps")
             t_batch = torch.full((plan.count,), float(t), device=device)
-            v = latent_plan.blend(timer.run("unet", runner.denoise, latent_plan.split(sample), t_batch, context))
+            v = latent_plan.blend(
+                timer.run("unet", runner.denoise, latent_plan.split(sample), t_batch, z0_tiles, context)
+            )
             noise = seeded_noise(shape, generator, device) if params.eta > 0 else None
             sample, _ = scheduler.step(v, t, sample, eta=params.eta, noise=noise)
             if on_step is not None:
                 on_step(i + 1, len(timesteps))
-        latent = latent + sample / residual_scale
+        latent = latent + sample / sampling.residual_scale
 
     decoded = timer.run("decoder", runner.decode, latent_plan.split(latent))
     sr = to_uint8(plan.blend(decoded)[:, :out_h, :out_w])
@@ -187,12 +216,14 @@ class TorchRunner:
         return self._chunked(self.model.encoder, image)
 
     @torch.no_grad()
-    def prior(self, image: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._chunked(self.model.prior, image, scale)
+    def prior(self, latent: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._chunked(self.model.prior, latent, scale)
 
     @torch.no_grad()
-    def denoise(self, latent: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self._chunked(self.model.unet, latent, timestep, context)
+    def denoise(
+        self, latent: torch.Tensor, timestep: torch.Tensor, prior: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        return self._chunked(self.model.unet, latent, timestep, prior, context)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

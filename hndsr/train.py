@@ -1,9 +1,28 @@
-"""Staged training: autoencoder -> FNO prior (+ decoder fine-tune) -> residual diffusion UNet."""
+"""Two-phase training, resumable, on CPU or CUDA.
+
+1. ``regression``: encoder, FNO prior and decoder together. The steps-0 output decoder(z0) is
+   trained against HR (L1, then an MSE tail), the autoencoder reconstruction decoder(encoder(HR))
+   alongside it, and z0 is pulled towards encoder(HR) so that the diffusion residual stays small.
+2. ``degrid``: the FNO prior and the decoder (encoder frozen) with MSE plus a penalty on the error
+   at the harmonics of the 4-pixel latent grid (``harmonic_error``). The latent holds one channel
+   group per pixel phase of a 4x4 cell, and small per-phase differences in the prior's error leave
+   a periodic grain that MSE hardly sees (a few spectral bins) but the eye and the periodic ratio do.
+3. ``diffusion``: the regression stages are frozen (their EMA weights); the UNet learns v for the
+   residual ``(encoder(HR) - z0) * residual_scale`` at timesteps below ``max_timestep``, and the
+   FNO's context head is trained with it (it conditions the UNet).
+
+Every trainable parameter has an EMA; the exported weights are the EMA ones. A checkpoint
+(model, EMA, optimiser, progress) is written every ``checkpoint_seconds`` and at the end of each
+phase; the safetensors weights carry the phase and step in their metadata, so training can also
+resume from committed weights (``init``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import math
 import random
 import time
 from dataclasses import asdict
@@ -14,176 +33,366 @@ import torch
 from torch.nn import functional as F
 
 from hndsr.config import TrainConfig
-from hndsr.data import PatchSampler, load_images
+from hndsr.data import PatchBank, load_images
 from hndsr.diffusion import DDIMScheduler
 from hndsr.image_io import bicubic_downscale
 from hndsr.imaging import to_tensor, upsample
-from hndsr.metrics import psnr_y
+from hndsr.metrics import periodic_ratio, psnr_y
 from hndsr.models.hndsr import HNDSR
 
-STAGE_ORDER = ("autoencoder", "prior", "unet")
+PHASES = ("regression", "degrid", "diffusion")
+LOG_FIELDS = [
+    "phase",
+    "step",
+    "loss",
+    "lr",
+    "elapsed_s",
+    "train_psnr_y",
+    "val_psnr_y",
+    "val_bicubic_psnr_y",
+    "val_periodic",
+]
 
 
-def _steps(cfg: TrainConfig, stage: str) -> int:
-    return {"autoencoder": cfg.ae_steps, "prior": cfg.prior_steps, "unet": cfg.unet_steps}[stage]
+def trainable(model: HNDSR, phase: str) -> dict[str, torch.nn.Parameter]:
+    """The parameters a phase trains, by state-dict name."""
+    if phase == "regression":
+        prefixes = ("encoder.", "prior.", "decoder.")
+        skip = ("prior.context_head.",)
+    elif phase == "degrid":
+        prefixes, skip = ("prior.", "decoder."), ("prior.context_head.",)
+    else:
+        prefixes = ("unet.", "prior.context_head.")
+        skip = ()
+    return {n: p for n, p in model.named_parameters() if n.startswith(prefixes) and not n.startswith(skip)}
 
 
-def _stage_params(model: HNDSR, stage: str) -> list[torch.nn.Parameter]:
-    if stage == "autoencoder":
-        return [*model.encoder.parameters(), *model.decoder.parameters()]
-    if stage == "prior":
-        return [*model.prior.parameters(), *model.decoder.parameters()]
-    return list(model.unet.parameters())
+def regression_loss(model: HNDSR, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor, mse: bool) -> torch.Tensor:
+    z_hr = model.encoder(hr)
+    z0, _ = model.prior(model.encoder(up), scale)
+    pixel = F.mse_loss if mse else F.l1_loss
+    return pixel(model.decoder(z0), hr) + 0.5 * pixel(model.decoder(z_hr), hr) + 0.1 * F.mse_loss(z0, z_hr.detach())
 
 
-def prior_latent(model: HNDSR, up: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Structural prior on the latent grid: encoder(bicubic) + FNO delta; also returns the context."""
-    delta, context = model.prior(up, scale)
-    return model.encoder(up) + delta, context
+def harmonic_error(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """Mean power of the luminance error at the 4- and 2-pixel grid harmonics (3x3 bins around
+    each, Hann window) divided by H*W: on the scale of the MSE (Parseval), so the ratio of the two
+    says how concentrated the error is on the grid frequencies (1 = spread evenly)."""
+    weights = torch.tensor([0.257, 0.504, 0.098], device=sr.device)
+    err = torch.einsum("bchw,c->bhw", sr.float() - hr.float(), weights) / 0.859
+    h, w = err.shape[-2:]
+    window = torch.outer(
+        torch.hann_window(h, periodic=False, device=sr.device), torch.hann_window(w, periodic=False, device=sr.device)
+    )
+    power = torch.fft.fft2(err * window).abs().pow(2) / (h * w)
+    rows, cols = [], []
+    for fy, fx in ((0, w // 4), (h // 4, 0), (h // 4, w // 4), (0, w // 2), (h // 2, 0)):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                rows.append((fy + dy) % h)
+                cols.append((fx + dx) % w)
+    return power[:, rows, cols].mean()
 
 
-def _loss(
-    model: HNDSR, stage: str, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler
-) -> torch.Tensor:
-    if stage == "autoencoder":
-        z = model.encoder(hr)
-        return F.l1_loss(model.decoder(z), hr) + 1e-4 * z.pow(2).mean()
-    if stage == "prior":
-        with torch.no_grad():
-            z_hr = model.encoder(hr)
-        z_prior, _ = prior_latent(model, up, scale)
-        return (
-            F.l1_loss(model.decoder(z_prior), hr)
-            + 0.5 * F.l1_loss(model.decoder(z_hr), hr)
-            + 0.01 * F.mse_loss(z_prior, z_hr)
-        )
+def degrid_loss(model: HNDSR, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor, weight: float) -> torch.Tensor:
     with torch.no_grad():
-        z_prior, context = prior_latent(model, up, scale)
-        x0 = (model.encoder(hr) - z_prior) * model.residual_scale
-    t = torch.randint(0, sched.num_train_timesteps, (x0.shape[0],))
+        z_hr = model.encoder(hr)
+        z_b = model.encoder(up)
+    z0, _ = model.prior(z_b, scale)
+    sr = model.decoder(z0)
+    return F.mse_loss(sr, hr) + weight * harmonic_error(sr, hr) + 0.5 * F.mse_loss(model.decoder(z_hr), hr)
+
+
+def diffusion_inputs(
+    model: HNDSR, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x0 = scaled residual, z0, context) with the frozen regression stages; context keeps its grad."""
+    with torch.no_grad():
+        z_b = model.encoder(up)
+        h = model.prior.features(z_b, scale)
+        z0 = z_b + model.prior.delta_head(h)
+        x0 = (model.encoder(hr) - z0) * model.residual_scale
+    return x0, z0, model.prior.context_head(h)
+
+
+def diffusion_loss(
+    model: HNDSR, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, max_t: int
+) -> torch.Tensor:
+    x0, z0, context = diffusion_inputs(model, up, hr, scale)
+    t = torch.randint(0, max_t, (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
-    v = model.unet(sched.add_noise(x0, noise, t), t.float(), context)
-    return F.mse_loss(v, sched.velocity(x0, noise, t))
+    v = model.unet(sched.add_noise(x0, noise, t), t.float(), z0, context)
+    return F.mse_loss(v.float(), sched.velocity(x0, noise, t))
 
 
 @torch.no_grad()
-def _estimate_residual_scale(model: HNDSR, sampler: PatchSampler, batches: int = 8) -> float:
-    vals = []
-    for _ in range(batches):
-        up, hr, scale = sampler.batch(8)
-        z_prior, _ = prior_latent(model, up, scale)
-        vals.append((model.encoder(hr) - z_prior).pow(2).mean())
+def estimate_residual_scale(model: HNDSR, bank: PatchBank, batches: int = 8, size: int = 8) -> float:
+    """1 / RMS of the latent residual encoder(HR) - z0, so the diffused signal has unit scale."""
+    model.residual_scale.fill_(1.0)
+    vals = [diffusion_inputs(model, *bank.batch(size))[0].pow(2).mean() for _ in range(batches)]
     return float(1.0 / torch.stack(vals).mean().sqrt())
 
 
 @torch.no_grad()
-def quick_val(model: HNDSR, images: list[np.ndarray], scale: float = 4.0, crop: int = 256) -> dict[str, float]:
-    """Deterministic-path PSNR-Y on centre crops (a fast proxy for the full eval)."""
+def quick_psnr(
+    model: HNDSR, images: list[np.ndarray], scale: float = 4.0, crop: int = 208
+) -> tuple[float, float, float]:
+    """Steps-0 and bicubic PSNR-Y at ``scale`` on centre crops (a fast proxy for ``hndsr eval``),
+    and the median periodic ratio of the steps-0 crops."""
+    device = next(model.parameters()).device
+    was_training = model.training
     model.eval()
-    sr_scores, bic_scores = [], []
+    sr_scores, bic_scores, periodic = [], [], []
     for im in images:
-        crop = min(crop, *im.shape[:2]) // 16 * 16
-        y0, x0 = (im.shape[0] - crop) // 2, (im.shape[1] - crop) // 2
-        hr = im[y0 : y0 + crop, x0 : x0 + crop]
-        side = int(crop / scale)
-        up = upsample(to_tensor(bicubic_downscale(hr, (side, side))), (crop, crop))
-        z, _ = prior_latent(model, up, torch.tensor([[scale]]))
-        sr = (model.decoder(z)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        bic = (up[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        side = min(crop, *im.shape[:2]) // 16 * 16
+        y0, x0 = (im.shape[0] - side) // 2, (im.shape[1] - side) // 2
+        hr = im[y0 : y0 + side, x0 : x0 + side]
+        lr_side = int(side / scale)
+        up = upsample(to_tensor(bicubic_downscale(hr, (lr_side, lr_side))), (side, side)).to(device)
+        z0, _ = model.prior(model.encoder(up), torch.tensor([[scale]], device=device))
+        sr = (model.decoder(z0)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        bic = (up[0].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         sr_scores.append(psnr_y(sr, hr, int(scale)))
+        periodic.append(periodic_ratio(sr))
         bic_scores.append(psnr_y(bic, hr, int(scale)))
-    model.train()
-    return {"val_psnr_y": float(np.mean(sr_scores)), "val_bicubic_psnr_y": float(np.mean(bic_scores))}
+    model.train(was_training)
+    return float(np.mean(sr_scores)), float(np.mean(bic_scores)), float(np.median(periodic))
+
+
+class EMA:
+    """Exponential moving average of named parameters (warm-up: decay min(d, (1+n)/(10+n)))."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float, state: dict | None = None) -> None:
+        self.params = params
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {n: p.detach().clone() for n, p in params.items()}
+        if state:
+            self.updates = state["updates"]
+            for n, v in state["shadow"].items():
+                self.shadow[n].copy_(v)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        names = list(self.params)
+        torch._foreach_lerp_([self.shadow[n] for n in names], [self.params[n].detach() for n in names], 1 - d)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Temporarily swap the EMA weights into the model."""
+        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self.shadow[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(backup[n])
+
+
+def learning_rate(base: float, step: int, progress: float, warmup: int = 200) -> float:
+    """Linear warm-up, then cosine decay to 1% of ``base`` over the phase's progress."""
+    return base * min(1.0, (step + 1) / warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+class Trainer:
+    """Holds the model, data and progress of one training run (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.model = HNDSR().to(self.device)
+        self.sched = DDIMScheduler()
+        images = load_images(cfg.data)
+        self.bank = PatchBank(images, cfg.patch, self.device, seed=cfg.seed, augment=cfg.augment)
+        self.train_probe = images[:: max(1, len(images) // 6)][:6]
+        self.val_images = load_images(cfg.val)[:6] if cfg.val else []
+        self.ckpt_path = self.out / "checkpoint.pt"
+        self.weights_out = Path(cfg.weights_out or self.out / "hndsr.safetensors")
+        self.state = {"phase": PHASES[0], "step": 0, "elapsed": 0.0}
+        self._resume_optimizer: dict | None = None
+        self._resume_ema: dict | None = None
+        self._resume()
+        (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    def _resume(self) -> None:
+        if self.ckpt_path.exists():
+            ckpt = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(ckpt["model"])
+            self.state = ckpt["state"]
+            self._resume_optimizer, self._resume_ema = ckpt["optimizer"], ckpt["ema"]
+            print(f"resumed from {self.ckpt_path}: {self.state}", flush=True)
+        elif self.cfg.init:
+            loaded = HNDSR.load(self.cfg.init, self.device)
+            self.model.load_state_dict(loaded.state_dict())
+            meta = HNDSR.metadata(self.cfg.init)
+            if "train_phase" in meta:
+                self.state = {
+                    "phase": meta["train_phase"],
+                    "step": int(meta["train_step"]),
+                    "elapsed": float(meta["train_elapsed"]),
+                }
+            if self.cfg.restart_phase:
+                self.state = {"phase": self.cfg.restart_phase, "step": 0, "elapsed": 0.0}
+            print(f"initialised from {self.cfg.init}: {self.state}", flush=True)
+
+    def _progress(self, phase: str) -> float:
+        steps = getattr(self.cfg, f"{phase}_steps")
+        seconds = getattr(self.cfg, f"{phase}_seconds")
+        frac = self.state["step"] / max(steps, 1)
+        if seconds > 0:
+            frac = max(frac, self.state["elapsed"] / seconds)
+        return frac
+
+    def _save(self, opt: torch.optim.Optimizer, ema: EMA) -> None:
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "ema": ema.state_dict(),
+                "state": self.state,
+            },
+            self.ckpt_path,
+        )
+        self.export_weights(ema)
+
+    def export_weights(self, ema: EMA) -> None:
+        extra = {
+            "train_phase": self.state["phase"],
+            "train_step": str(self.state["step"]),
+            "train_elapsed": f"{self.state['elapsed']:.1f}",
+            "train_device": torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu",
+        }
+        with ema.applied():
+            self.model.save(self.weights_out, extra=extra)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def run(self) -> Path:
+        log_path = self.out / "log.csv"
+        new_log = not log_path.exists()
+        with log_path.open("a", newline="") as log_file:
+            log = csv.DictWriter(log_file, LOG_FIELDS)
+            if new_log:
+                log.writeheader()
+            for phase in PHASES[PHASES.index(self.state["phase"]) :]:
+                self._run_phase(phase, log, log_file)
+        return self.weights_out
+
+    def _start_phase(self, phase: str) -> tuple[dict[str, torch.nn.Parameter], torch.optim.Optimizer, EMA]:
+        cfg = self.cfg
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        params = trainable(self.model, phase)
+        for p in params.values():
+            p.requires_grad_(True)
+        lr = {"regression": cfg.lr, "diffusion": cfg.diffusion_lr, "degrid": cfg.degrid_lr}[phase]
+        opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+        if self._resume_optimizer is not None:
+            opt.load_state_dict(self._resume_optimizer)
+        ema = EMA(params, cfg.ema, self._resume_ema)
+        self._resume_optimizer = self._resume_ema = None
+        if phase == "diffusion" and self.state["step"] == 0:
+            self.model.residual_scale.fill_(estimate_residual_scale(self.model, self.bank))
+            self.model.start_timestep.fill_(float(cfg.start_timestep))
+            print(f"residual_scale = {float(self.model.residual_scale):.4f}", flush=True)
+        return params, opt, ema
+
+    def _run_phase(self, phase: str, log: csv.DictWriter, log_file) -> None:
+        cfg = self.cfg
+        params, opt, ema = self._start_phase(phase)
+        base_lr = {"regression": cfg.lr, "diffusion": cfg.diffusion_lr, "degrid": cfg.degrid_lr}[phase]
+        self.model.train()
+        t0 = time.time() - self.state["elapsed"]
+        last_ckpt = last_eval = time.time()
+        running: list[torch.Tensor] = []
+        while self._progress(phase) < 1.0:
+            step, progress = self.state["step"], self._progress(phase)
+            lr = learning_rate(base_lr, step, progress)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            up, hr, scale = self.bank.batch(cfg.batch)
+            with self._autocast():
+                if phase == "regression":
+                    loss = regression_loss(self.model, up, hr, scale, mse=progress >= 1 - cfg.mse_tail)
+                elif phase == "degrid":
+                    loss = degrid_loss(self.model, up, hr, scale, cfg.harmonic_weight)
+                else:
+                    loss = diffusion_loss(self.model, up, hr, scale, self.sched, cfg.max_timestep)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+            opt.step()
+            ema.update()
+            running.append(loss.detach())
+            self.state["step"] += 1
+            self.state["elapsed"] = time.time() - t0
+            now = time.time()
+            done = self._progress(phase) >= 1.0
+            if self.state["step"] % 100 == 0 or done:
+                row = {
+                    "phase": phase,
+                    "step": self.state["step"],
+                    "loss": float(torch.stack(running).mean()),
+                    "lr": f"{lr:.3g}",
+                    "elapsed_s": round(self.state["elapsed"], 1),
+                }
+                running = []
+                if phase != "diffusion" and (now - last_eval >= cfg.eval_seconds or done):
+                    last_eval = now
+                    with ema.applied():
+                        row["train_psnr_y"] = round(quick_psnr(self.model, self.train_probe)[0], 3)
+                        if self.val_images:
+                            sr, bic, per = quick_psnr(self.model, self.val_images)
+                            row["val_psnr_y"], row["val_bicubic_psnr_y"] = round(sr, 3), round(bic, 3)
+                            row["val_periodic"] = round(per, 1)
+                log.writerow(row)
+                log_file.flush()
+                print(json.dumps(row), flush=True)
+            if now - last_ckpt >= cfg.checkpoint_seconds or done:
+                last_ckpt = now
+                self._save(opt, ema)
+        # Next phase starts from this phase's EMA weights.
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(ema.shadow[n])
+        nxt = PHASES.index(phase) + 1
+        if nxt < len(PHASES):
+            self.state = {"phase": PHASES[nxt], "step": 0, "elapsed": 0.0}
+            fresh = EMA(trainable(self.model, PHASES[nxt]), cfg.ema)
+            torch.save(
+                {"model": self.model.state_dict(), "optimizer": None, "ema": None, "state": self.state}, self.ckpt_path
+            )
+            self.export_weights(fresh)
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) all stages; returns the path of the exported safetensors weights."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = HNDSR().to(device)
-    sched = DDIMScheduler()
-    images = load_images(cfg.data)
-    val_images = load_images(cfg.val)[:6] if cfg.val else []
-    ckpt_path = out / "checkpoint.pt"
-    state = {"stage": STAGE_ORDER[0], "step": 0, "elapsed": 0.0}
-    optimizer_state = None
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        state = ckpt["state"]
-        optimizer_state = ckpt["optimizer"]
-        print(f"resumed {state}")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    log_path = out / "log.csv"
-    new_log = not log_path.exists()
-    log_file = log_path.open("a", newline="")
-    log = csv.writer(log_file)
-    if new_log:
-        log.writerow(["stage", "step", "loss", "elapsed_s", "val_psnr_y", "val_bicubic_psnr_y"])
-    weights_out = Path(cfg.weights_out or out / "hndsr.safetensors")
-
-    for stage in STAGE_ORDER[STAGE_ORDER.index(state["stage"]) :]:
-        total = _steps(cfg, stage)
-        patch = cfg.prior_patch if stage == "prior" else cfg.patch
-        sampler = PatchSampler(images, patch, seed=cfg.seed + STAGE_ORDER.index(stage) * 1000 + state["step"])
-        for p in model.parameters():
-            p.requires_grad_(False)
-        params = _stage_params(model, stage)
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        if optimizer_state is not None:
-            opt.load_state_dict(optimizer_state)
-            optimizer_state = None
-        if stage == "unet" and state["step"] == 0:
-            model.residual_scale.fill_(_estimate_residual_scale(model, sampler))
-            print(f"residual_scale = {float(model.residual_scale):.3f}")
-        batch = cfg.batch if patch <= 128 else max(2, cfg.batch * 128 * 128 // (patch * patch))
-        model.train()
-        t0 = time.time() - state["elapsed"]
-        running = []
-        while state["step"] < total:
-            lr_now = cfg.lr * min(1.0, (state["step"] + 1) / 100) * (0.1 + 0.9 * (1 - state["step"] / total))
-            for g in opt.param_groups:
-                g["lr"] = lr_now
-            up, hr, scale = (t.to(device) for t in sampler.batch(batch))
-            loss = _loss(model, stage, up, hr, scale, sched)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            running.append(loss.item())
-            state["step"] += 1
-            state["elapsed"] = time.time() - t0
-            step = state["step"]
-            if step % 50 == 0 or step == total:
-                row = [stage, step, float(np.mean(running)), round(state["elapsed"], 1), "", ""]
-                if val_images and stage != "unet" and (step % cfg.eval_every == 0 or step == total):
-                    v = quick_val(model, val_images)
-                    row[4:] = [round(v["val_psnr_y"], 3), round(v["val_bicubic_psnr_y"], 3)]
-                log.writerow(row)
-                log_file.flush()
-                print(*row, flush=True)
-                running = []
-            if step % cfg.checkpoint_every == 0 or step == total:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, ckpt_path)
-                model.save(weights_out)
-        nxt = STAGE_ORDER.index(stage) + 1
-        if nxt < len(STAGE_ORDER):
-            state = {"stage": STAGE_ORDER[nxt], "step": 0, "elapsed": 0.0}
-            torch.save({"model": model.state_dict(), "optimizer": None, "state": state}, ckpt_path)
-    log_file.close()
-    model.save(weights_out)
-    return weights_out
+    """Run (or resume) both phases; returns the path of the exported (EMA, fp16) weights."""
+    return Trainer(cfg).run()
 
 
 def plot_log(log_csv: str | Path, out_png: str | Path) -> None:
-    """Training curves (loss per stage, validation PSNR-Y) as a PNG."""
+    """Training curves (loss per phase, quick PSNR-Y) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,20 +400,20 @@ def plot_log(log_csv: str | Path, out_png: str | Path) -> None:
 
     with Path(log_csv).open() as f:
         rows = list(csv.DictReader(f))
-    fig, axes = plt.subplots(1, len(STAGE_ORDER) + 1, figsize=(16, 3.5))
-    for ax, stage in zip(axes, STAGE_ORDER):
-        pts = [(int(r["step"]), float(r["loss"])) for r in rows if r["stage"] == stage]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
+    for ax, phase in zip(axes, PHASES):
+        pts = [(int(r["step"]), float(r["loss"])) for r in rows if r["phase"] == phase]
         if pts:
             ax.plot(*zip(*pts))
-        ax.set_title(f"{stage} loss")
+        ax.set_title(f"{phase} loss")
         ax.set_xlabel("step")
         ax.set_yscale("log")
-    val = [(i, float(r["val_psnr_y"]), float(r["val_bicubic_psnr_y"])) for i, r in enumerate(rows) if r["val_psnr_y"]]
-    if val:
-        idx, sr, bic = zip(*val)
-        axes[-1].plot(idx, sr, label="HNDSR steps=0")
-        axes[-1].plot(idx, bic, label="bicubic")
-        axes[-1].legend()
-    axes[-1].set_title("val PSNR-Y 4x (centre crops)")
+    for key, label in (("train_psnr_y", "train crops"), ("val_psnr_y", "val crops"), ("val_bicubic_psnr_y", "bicubic")):
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r["phase"] == "regression" and r.get(key)]
+        if pts:
+            axes[2].plot(*zip(*pts), label=label)
+    axes[2].legend()
+    axes[2].set_title("steps-0 PSNR-Y 4x (centre crops, EMA)")
+    axes[2].set_xlabel("regression step")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)

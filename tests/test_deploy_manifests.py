@@ -12,6 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from hndsr.models.hndsr import STAGES
+from hndsr.pipeline import Sampling
 from hndsr.serving.configs import orchestrator_config, stage_config
 from hndsr.serving.stages import STAGE_SPECS
 
@@ -50,8 +51,9 @@ def test_gpu_stage_config_uses_tensorrt_fp16(stage):
 
 
 def test_stream_config_is_decoupled():
-    assert parse(orchestrator_config("gpu", 1.0, "v", stream=True)).model_transaction_policy.decoupled
-    assert not parse(orchestrator_config("gpu", 1.0, "v")).model_transaction_policy.decoupled
+    sampling = Sampling(1.0, 150)
+    assert parse(orchestrator_config("gpu", sampling, "v", stream=True)).model_transaction_policy.decoupled
+    assert not parse(orchestrator_config("gpu", sampling, "v")).model_transaction_policy.decoupled
 
 
 def test_trt_build_script_matches_stage_shapes():

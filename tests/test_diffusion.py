@@ -16,6 +16,17 @@ def test_timesteps_trailing_and_zero():
         s.set_timesteps(-1)
 
 
+def test_partial_chain_starts_at_start_and_ends_clean():
+    s = DDIMScheduler()
+    assert s.set_timesteps(1, start=149) == [149]
+    assert s.set_timesteps(3, start=149) == [149, 99, 49]
+    assert s.previous_timestep(49) == -1 and s.alpha(-1) == 1.0
+    with pytest.raises(ValueError):
+        s.set_timesteps(151, start=149)
+    with pytest.raises(ValueError):
+        s.set_timesteps(2, start=1000)
+
+
 def test_alphas_monotone():
     a = DDIMScheduler().alphas_cumprod
     assert a[0] > 0.99 and a[-1] < 1e-3 and bool((a[1:] < a[:-1]).all())

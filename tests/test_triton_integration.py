@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from client import HNDSRClient, InvalidInputError
 from hndsr.image_io import read_rgb
+from hndsr.pipeline import canvas_plan
 
 from .conftest import FIXTURES
 
@@ -44,7 +45,7 @@ def test_output_shape_is_scale_times_input(client, small):
     result = client.upscale(small, scale=4.0, steps=2, seed=0)
     assert result.image.shape == (192, 256, 3) and result.image.dtype == np.uint8
     info = result.info
-    assert info["steps"] == 2 and info["tiles"] == 1 and info["device"] == "cpu"
+    assert info["steps"] == 2 and info["tiles"] == canvas_plan(192, 256).count == 2 and info["device"] == "cpu"
     assert set(info["stage_ms"]) == {"encoder", "prior", "unet", "decoder"}
     result = client.upscale(small, scale=2.5, steps=0)
     assert result.image.shape == (120, 160, 3)
@@ -77,7 +78,7 @@ def test_large_input_many_tiles(triton):
     with HNDSRClient(triton["grpc"], "grpc") as c:
         result = c.upscale(image, scale=2.0, steps=0)
     assert result.image.shape == (1400, 2200, 3)
-    assert result.info["tiles"] >= 40
+    assert result.info["tiles"] == canvas_plan(1400, 2200).count == 96
     down = np.asarray(Image.fromarray(result.image).resize((1100, 700), Image.BICUBIC)).astype(float)
     assert np.abs(down - image).mean() < 12
 
@@ -106,8 +107,8 @@ BAD = [
     ("too small", np.zeros((5, 40, 3), np.uint8), "UINT8", {}, "IMAGE sides must be >= 8"),
     ("scale low", np.zeros((16, 16, 3), np.uint8), "UINT8", {"SCALE": 1.0}, "SCALE must be in [2, 8]"),
     ("scale high", np.zeros((16, 16, 3), np.uint8), "UINT8", {"SCALE": 12.0}, "SCALE must be in [2, 8]"),
-    ("steps negative", np.zeros((16, 16, 3), np.uint8), "UINT8", {"STEPS": -3}, "STEPS must be in [0, 250]"),
-    ("steps high", np.zeros((16, 16, 3), np.uint8), "UINT8", {"STEPS": 5000}, "STEPS must be in [0, 250]"),
+    ("steps negative", np.zeros((16, 16, 3), np.uint8), "UINT8", {"STEPS": -3}, "STEPS must be in [0, 50]"),
+    ("steps high", np.zeros((16, 16, 3), np.uint8), "UINT8", {"STEPS": 5000}, "STEPS must be in [0, 50]"),
     ("eta", np.zeros((16, 16, 3), np.uint8), "UINT8", {"ETA": 3.0}, "ETA must be in [0, 1]"),
     ("too many pixels", np.zeros((1100, 1100, 3), np.uint8), "UINT8", {"SCALE": 4.0}, "16000000 output pixels"),
 ]
@@ -210,15 +211,25 @@ def _metric(url: str, name: str) -> float:
 
 
 def test_cancelled_request_stops_the_ddim_loop(triton, small):
-    """A gRPC client that goes away stops the server's DDIM loop between steps."""
+    """A gRPC client that goes away stops the server's DDIM loop between steps.
+
+    The cancel is sent once the server is observed inside the loop (its UNet has answered a BLS
+    request for this call), and the request is far too long (50 steps x 96 tiles) to finish first.
+    """
     import time
 
     cancelled = 'hndsr_requests_total{outcome="cancelled"}'
+    unet_calls = 'nv_inference_request_success{model="unet"'
     before = _metric(triton["metrics"], cancelled)
+    unet_before = _metric(triton["metrics"], unet_calls)
     client = grpcclient.InferenceServerClient(triton["grpc"])
-    inputs = _raw_inputs(grpcclient, small, STEPS=250, SCALE=2.0)
+    big = np.asarray(Image.fromarray(small).resize((1100, 700), Image.BICUBIC))
+    inputs = _raw_inputs(grpcclient, big, STEPS=50, SCALE=2.0)
     call = client.async_infer("hndsr", inputs, callback=lambda result, error: None)
-    time.sleep(2.0)
+    deadline = time.monotonic() + 120
+    while _metric(triton["metrics"], unet_calls) <= unet_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(triton["metrics"], unet_calls) > unet_before, "the DDIM loop never started"
     call.cancel()
     deadline = time.monotonic() + 60
     while _metric(triton["metrics"], cancelled) <= before and time.monotonic() < deadline:

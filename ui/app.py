@@ -31,7 +31,7 @@ from hndsr.image_io import IMAGE_SUFFIXES, read_rgb, write_rgb  # noqa: E402
 from ui import triton_metrics  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-STEP_CHOICES = [0, 4, 20, 50, 100]
+STEP_CHOICES = [0, 1, 2, 4, 8]
 SCALE_CHOICES = ["2×", "4×", "8×", "custom"]
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 CSS = """

@@ -1,4 +1,10 @@
-"""Autoencoder between RGB pixels and a latent grid at 1/4 of the HR size."""
+"""Autoencoder between RGB pixels and a latent grid at 1/4 of the HR size.
+
+Both halves work on the latent grid only: the encoder starts with a space-to-depth stem
+(4x4 pixels -> 48 channels) and the decoder ends with depth-to-space, so no convolution runs
+at full resolution. A linear 1x1 path beside the convolutions keeps the pair close to an
+invertible re-packing of the pixels, which gives a high reconstruction ceiling.
+"""
 
 from __future__ import annotations
 
@@ -9,36 +15,40 @@ from torch.nn import functional as F
 from hndsr.config import LATENT_CHANNELS, LATENT_FACTOR
 from hndsr.models.blocks import ResBlock
 
+PACKED = 3 * LATENT_FACTOR**2
+
 
 class Encoder(nn.Module):
     """RGB in [0, 1], shape [B, 3, H, W] -> latent [B, C, H/4, W/4]."""
 
-    def __init__(self, width: int = 96, latent_channels: int = LATENT_CHANNELS, blocks: int = 2) -> None:
+    def __init__(self, width: int = 48, latent_channels: int = LATENT_CHANNELS, blocks: int = 1) -> None:
         super().__init__()
-        packed = 3 * LATENT_FACTOR**2
-        self.stem = nn.Conv2d(packed, width, 3, padding=1)
+        self.stem = nn.Conv2d(PACKED, width, 3, padding=1)
         self.blocks = nn.ModuleList(ResBlock(width, width) for _ in range(blocks))
         self.head = nn.Conv2d(width, latent_channels, 3, padding=1)
+        self.linear = nn.Conv2d(PACKED, latent_channels, 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        h = self.stem(F.pixel_unshuffle(image * 2 - 1, LATENT_FACTOR))
+        packed = F.pixel_unshuffle(image * 2 - 1, LATENT_FACTOR)
+        h = self.stem(packed)
         for block in self.blocks:
             h = block(h)
-        return self.head(F.silu(h))
+        return self.linear(packed) + self.head(F.silu(h))
 
 
 class Decoder(nn.Module):
     """Latent [B, C, h, w] -> RGB [B, 3, 4h, 4w] in roughly [0, 1]."""
 
-    def __init__(self, width: int = 96, latent_channels: int = LATENT_CHANNELS, blocks: int = 3) -> None:
+    def __init__(self, width: int = 48, latent_channels: int = LATENT_CHANNELS, blocks: int = 1) -> None:
         super().__init__()
-        packed = 3 * LATENT_FACTOR**2
         self.stem = nn.Conv2d(latent_channels, width, 3, padding=1)
         self.blocks = nn.ModuleList(ResBlock(width, width) for _ in range(blocks))
-        self.head = nn.Conv2d(width, packed, 3, padding=1)
+        self.head = nn.Conv2d(width, PACKED, 3, padding=1)
+        self.linear = nn.Conv2d(latent_channels, PACKED, 1)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         h = self.stem(latent)
         for block in self.blocks:
             h = block(h)
-        return F.pixel_shuffle(self.head(F.silu(h)), LATENT_FACTOR) * 0.5 + 0.5
+        packed = self.linear(latent) + self.head(F.silu(h))
+        return F.pixel_shuffle(packed, LATENT_FACTOR) * 0.5 + 0.5

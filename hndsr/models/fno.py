@@ -1,4 +1,4 @@
-"""Fourier Neural Operator prior: upsampled LR tile + continuous scale -> latent prior and context."""
+"""Fourier Neural Operator prior: latent of the bicubic canvas + continuous scale -> latent prior and context."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hndsr.config import CONTEXT_CHANNELS, LATENT_CHANNELS, LATENT_FACTOR
+from hndsr.config import CONTEXT_CHANNELS, LATENT_CHANNELS
 from hndsr.models.blocks import sinusoidal_embedding
 from hndsr.models.spectral import SpectralConv2d
 
@@ -30,36 +30,41 @@ class FNOBlock(nn.Module):
 
 
 class FNOPrior(nn.Module):
-    """Maps the bicubic-upsampled LR tile [B, 3, H, W] and scale [B, 1] to
+    """Maps the encoder's latent of the bicubic canvas [B, C, h, w] and the scale [B, 1] to
 
-    ``delta`` [B, C, H/4, W/4], added to the encoder's latent of the same tile to form the
-    structural prior, and ``context`` [B, Cc, H/4, W/4] that conditions the diffusion UNet.
+    ``prior`` [B, C, h, w] (the structural prior z0: the input latent plus a learned correction;
+    decoding it is the deterministic steps-0 result) and ``context`` [B, Cc, h, w], which
+    conditions the diffusion UNet.
     """
 
     def __init__(
         self,
         width: int = 64,
         modes: int = 6,
-        depth: int = 6,
+        depth: int = 5,
         latent_channels: int = LATENT_CHANNELS,
         context_channels: int = CONTEXT_CHANNELS,
-        emb_dim: int = 128,
+        emb_dim: int = 64,
     ) -> None:
         super().__init__()
         self.emb_dim = emb_dim
         self.scale_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.lift = nn.Conv2d(3 * LATENT_FACTOR**2, width, 3, padding=1)
+        self.lift = nn.Conv2d(latent_channels, width, 3, padding=1)
         self.blocks = nn.ModuleList(FNOBlock(width, modes, emb_dim) for _ in range(depth))
         self.delta_head = nn.Conv2d(width, latent_channels, 3, padding=1)
         self.context_head = nn.Conv2d(width, context_channels, 3, padding=1)
         nn.init.zeros_(self.delta_head.weight)
         nn.init.zeros_(self.delta_head.bias)
 
-    def forward(self, image: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, latent: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The trunk shared by both heads."""
         # log-scale, spread so that 2..8 spans a useful range of the sinusoid frequencies
         emb = self.scale_mlp(sinusoidal_embedding(torch.log(scale) / math.log(2) * 100, self.emb_dim))
-        h = self.lift(F.pixel_unshuffle(image * 2 - 1, LATENT_FACTOR))
+        h = self.lift(latent)
         for block in self.blocks:
             h = block(h, emb)
-        h = F.gelu(h)
-        return self.delta_head(h), self.context_head(h)
+        return F.gelu(h)
+
+    def forward(self, latent: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(latent, scale)
+        return latent + self.delta_head(h), self.context_head(h)

@@ -1,22 +1,45 @@
-"""The full HNDSR model: the four exported stages plus the residual-latent normalisation."""
+"""The full HNDSR model: the four exported stages plus the sampling constants learned with them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hndsr.config import CONTEXT_CHANNELS, LATENT_CHANNELS, LATENT_FACTOR, TILE
+from hndsr.diffusion import NUM_TRAIN_TIMESTEPS
 from hndsr.models.autoencoder import Decoder, Encoder
 from hndsr.models.fno import FNOPrior
 from hndsr.models.unet import LatentUNet
 
 STAGES = ("encoder", "prior", "unet", "decoder")
+FORMAT = "hndsr-v2"
+
+
+def model_facts() -> dict[str, str]:
+    """What the weights assume about the code; stored in the safetensors metadata, checked at load."""
+    return {
+        "format": FORMAT,
+        "latent_factor": str(LATENT_FACTOR),
+        "latent_channels": str(LATENT_CHANNELS),
+        "context_channels": str(CONTEXT_CHANNELS),
+        "tile": str(TILE),
+        "schedule": "cosine",
+        "prediction": "v",
+        "num_train_timesteps": str(NUM_TRAIN_TIMESTEPS),
+        "diffusion": "residual z_HR - z0, SDEdit-style start",
+    }
 
 
 class HNDSR(nn.Module):
-    """Container of the stage networks; ``residual_scale`` maps diffused units to latent units."""
+    """Container of the stage networks.
+
+    ``residual_scale`` maps diffused units to latent units; ``start_timestep`` is the DDIM
+    timestep the generative path starts from (its perception-distortion strength).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -25,19 +48,32 @@ class HNDSR(nn.Module):
         self.unet = LatentUNet()
         self.decoder = Decoder()
         self.register_buffer("residual_scale", torch.ones(()))
+        self.register_buffer("start_timestep", torch.tensor(NUM_TRAIN_TIMESTEPS - 1.0))
 
     def parameter_counts(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in STAGES}
 
-    def save(self, path: str | Path, half: bool = True) -> None:
+    def save(self, path: str | Path, half: bool = True, extra: dict[str, str] | None = None) -> None:
         """Save all stages to one safetensors file (fp16 by default to keep the repo small)."""
         state = {
-            k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in self.state_dict().items()
+            k: (v.half() if half and v.is_floating_point() and v.dim() > 0 else v).contiguous()
+            for k, v in self.state_dict().items()
         }
-        save_file(state, str(path), metadata={"format": "hndsr-v1"})
+        save_file(state, str(path), metadata={**model_facts(), **(extra or {})})
+
+    @staticmethod
+    def metadata(path: str | Path) -> dict[str, str]:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> HNDSR:
+        meta = cls.metadata(path)
+        expected = model_facts()
+        wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+        if wrong:
+            detail = ", ".join(f"{k}: file {a!r} != code {b!r}" for k, (a, b) in wrong.items())
+            raise ValueError(f"{path} does not match this code ({detail})")
         model = cls()
         state = {k: v.float() for k, v in load_file(str(path)).items()}
         model.load_state_dict(state)

@@ -62,6 +62,10 @@ class SpectralConv2d(nn.Module):
         return self._bases[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # The DFT products lose too much in bf16/fp16 mixed-precision training: run them in fp32.
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x.float())
         b = self.bases(x.shape[-2], x.shape[-1], x.device)
         # Forward rfft along W, then complex DFT along H (kept modes only).
         xr = x @ b["fw_cos"]  # [B, C, H, mw]

@@ -41,12 +41,14 @@ class BLSRunner:
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         return self._infer("encoder", image)[0]
 
-    def prior(self, image: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        delta, context = self._infer("prior", image, scale)
-        return delta, context
+    def prior(self, latent: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z0, context = self._infer("prior", latent, scale)
+        return z0, context
 
-    def denoise(self, latent: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self._infer("unet", latent, timestep.reshape(-1, 1), context)[0]
+    def denoise(
+        self, latent: torch.Tensor, timestep: torch.Tensor, prior: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        return self._infer("unet", latent, timestep.reshape(-1, 1), prior, context)[0]
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         return self._infer("decoder", latent)[0]

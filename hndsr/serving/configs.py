@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hndsr.config import MAX_OUTPUT_PIXELS
+from hndsr.pipeline import Sampling
 from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS, TensorSpec
 
 
@@ -47,7 +48,7 @@ def stage_config(stage: str, variant: str) -> str:
     return body
 
 
-def orchestrator_config(variant: str, residual_scale: float, model_version: str, stream: bool = False) -> str:
+def orchestrator_config(variant: str, sampling: Sampling, model_version: str, stream: bool = False) -> str:
     """Config of the ``hndsr`` BLS model (Python backend on both variants), or of its decoupled
     twin ``hndsr_stream`` that also streams PROGRESS responses."""
     kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
@@ -72,7 +73,8 @@ def orchestrator_config(variant: str, residual_scale: float, model_version: str,
         f"instance_group [ {{ count: 2 kind: {kind} }} ]\n"
         + _parameters(
             {
-                "residual_scale": f"{residual_scale:.8g}",
+                "residual_scale": f"{sampling.residual_scale:.8g}",
+                "start_timestep": str(sampling.start_timestep),
                 "max_output_pixels": str(MAX_OUTPUT_PIXELS),
                 "model_version": model_version,
                 "precision": precision,

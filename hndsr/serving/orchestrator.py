@@ -19,7 +19,7 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, Limits
-from hndsr.pipeline import Cancelled, InvalidRequest, SRParams, super_resolve, validate
+from hndsr.pipeline import Cancelled, InvalidRequest, Sampling, SRParams, super_resolve, validate
 from hndsr.serving.bls import BLSRunner
 
 
@@ -37,7 +37,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.residual_scale = float(params["residual_scale"])
+        self.sampling = Sampling(float(params["residual_scale"]), int(params["start_timestep"]))
         self.limits = Limits(max_output_pixels=int(params.get("max_output_pixels", Limits.max_output_pixels)))
         self.version = params.get("model_version", "unknown")
         self.precision = params.get("precision", "fp32")
@@ -87,9 +87,7 @@ class TritonPythonModel:
         shape = tuple(int(d) for d in tensor.shape())
         validate(shape, "uint8", params, self.limits)  # Triton has already enforced the UINT8 dtype
         image = from_dlpack(tensor.to_dlpack())
-        result = super_resolve(
-            image, params, self.runner, self.residual_scale, is_cancelled=is_cancelled, on_step=on_step
-        )
+        result = super_resolve(image, params, self.runner, self.sampling, is_cancelled=is_cancelled, on_step=on_step)
         info = {**result.info, "model_version": self.version, "precision": self.precision}
         self.m_tiles.increment(info["tiles"])
         self.m_steps.increment(info["steps"])

@@ -37,12 +37,17 @@ STAGE_SPECS: dict[str, StageSpec] = {
     "encoder": StageSpec("encoder", (TensorSpec("IMAGE", _IMG),), (TensorSpec("LATENT", _LAT),)),
     "prior": StageSpec(
         "prior",
-        (TensorSpec("IMAGE", _IMG), TensorSpec("SCALE", (1,))),
-        (TensorSpec("DELTA", _LAT), TensorSpec("CONTEXT", _CTX)),
+        (TensorSpec("LATENT", _LAT), TensorSpec("SCALE", (1,))),
+        (TensorSpec("PRIOR", _LAT), TensorSpec("CONTEXT", _CTX)),
     ),
     "unet": StageSpec(
         "unet",
-        (TensorSpec("LATENT", _LAT), TensorSpec("TIMESTEP", (1,)), TensorSpec("CONTEXT", _CTX)),
+        (
+            TensorSpec("LATENT", _LAT),
+            TensorSpec("TIMESTEP", (1,)),
+            TensorSpec("PRIOR", _LAT),
+            TensorSpec("CONTEXT", _CTX),
+        ),
         (TensorSpec("VELOCITY", _LAT),),
     ),
     "decoder": StageSpec("decoder", (TensorSpec("LATENT", _LAT),), (TensorSpec("IMAGE", _IMG),)),
@@ -54,8 +59,10 @@ class _UNetStage(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, latent: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.unet(latent, timestep[:, 0], context)
+    def forward(
+        self, latent: torch.Tensor, timestep: torch.Tensor, prior: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(latent, timestep[:, 0], prior, context)
 
 
 def stage_module(model: HNDSR, stage: str) -> nn.Module:
