@@ -69,3 +69,43 @@ def report(weights: Path, repo: Path) -> str:
     for name, ours, ref, label in spectral + stages:
         lines.append(f"| {name} ({label}) | {ours:.1f} | {ref:.1f} | {ref / ours:.2f} |")
     return "\n".join(lines)
+
+
+def speed_vs_span(
+    data: Path, url: str, scale: int = 4, steps: tuple[int, ...] = (0,), repeats: int = 2, limit: int | None = None
+) -> str:
+    """Seconds per image through Triton vs SPAN (ncnn, 2 threads) on the same crops, as ratios.
+
+    Each side runs over every image once to warm up, then ``repeats`` more times in turn; the
+    faster of its timed passes counts.
+    """
+    from client.triton_client import HNDSRClient
+    from hndsr.baselines import SPAN_MODELS, SpanNcnn
+    from hndsr.evaluate import load_pairs
+
+    if scale not in SPAN_MODELS:
+        raise ValueError(f"SPAN has weights for scales {sorted(SPAN_MODELS)} only")
+    pairs = load_pairs(data, scale, limit)
+    span = SpanNcnn(scale, threads=2)
+    with HNDSRClient(url) as client:
+        sides: dict[str, Callable[[object], object]] = {f"SPAN x{scale} ch48 (ncnn, 2 threads)": span}
+        for s in steps:
+            sides[f"HNDSR steps={s} (Triton)"] = lambda lr, s=s: client.upscale(lr, scale=float(scale), steps=s)
+        best = {name: float("inf") for name in sides}
+        for rep in range(repeats + 1):
+            for name, fn in sides.items():
+                start = time.perf_counter()
+                for pair in pairs:
+                    fn(pair.lr)
+                if rep > 0:  # the first pass warms up
+                    best[name] = min(best[name], (time.perf_counter() - start) / len(pairs))
+    ref = best[next(iter(sides))]
+    h, w = pairs[0].hr.shape[:2]
+    lines = [
+        f"{len(pairs)} images of `{data}` ({w}x{h} output at {scale}x), best of {repeats} warm passes",
+        "",
+        "| method | s / image | time (SPAN = 1) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {sec:.3f} | {sec / ref:.2f} |" for name, sec in best.items()]
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ app = typer.Typer(add_completion=False, help="HNDSR super-resolution served by N
 WEIGHTS = REPO_ROOT / "weights" / "hndsr.safetensors"
 REPO = REPO_ROOT / "model_repository"
 TRAIN = TrainConfig(data="")
+SAMPLE = Path(__file__).resolve().parent / "assets" / "laodong_peninsula.avif"
+"""The satellite demo sample (MIT, see hndsr/assets/README.md)."""
 
 
 def ensure_exported(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
@@ -45,21 +48,30 @@ def serve(
     grpc_port: int = 8001,
     metrics_port: int = 8002,
     config_name: str | None = typer.Option(None, help="Triton --model-config-name (e.g. gpu)"),
+    max_inflight: int | None = typer.Option(
+        None, help="queued + running requests admitted at once; more are refused (default: model config, 4)"
+    ),
+    max_running: int | None = typer.Option(None, help="of those, how many run at once (default: model config, 2)"),
+    drain_grace: float = typer.Option(60.0, help="seconds requests in flight at SIGTERM/Ctrl-C may take to finish"),
+    stall_timeout: float = typer.Option(60.0, help="reload a stage with requests pending and no progress this long"),
 ) -> None:
-    """Start the bundled tritonserver on CPU with this model repository; Ctrl-C stops it."""
-    from hndsr.serving.server import serve_forever
+    """Start the bundled tritonserver on CPU, watch and heal it; Ctrl-C/SIGTERM drains, then stops."""
+    from hndsr.serving.supervisor import SupervisorOptions, serve_forever
 
     ensure_exported()
-    raise typer.Exit(serve_forever(_options(host, http_port, grpc_port, metrics_port, config_name)))
+    opts = _options(host, http_port, grpc_port, metrics_port, config_name)
+    opts.max_inflight, opts.max_running = max_inflight, max_running
+    sup = SupervisorOptions(drain_grace_s=drain_grace, stall_timeout_s=stall_timeout)
+    raise typer.Exit(serve_forever(opts, sup))
 
 
 @app.command()
 def demo(
-    src: Path = typer.Argument(..., exists=True),
-    dst: Path = typer.Argument(...),
-    scale: float = DEFAULT_SCALE,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
+    src: Path = typer.Argument(SAMPLE, exists=True, help="image to upscale (default: the bundled satellite sample)"),
+    dst: Path = typer.Argument(Path("sr.png"), help="output PNG or TIFF"),
+    scale: float = typer.Option(DEFAULT_SCALE, help="upscaling factor, 2-8"),
+    steps: int = typer.Option(DEFAULT_STEPS, help="DDIM steps (0 = fast deterministic path)"),
+    seed: int = typer.Option(0, help="noise seed (same seed, same bytes)"),
     keep_serving: bool = typer.Option(False, help="leave Triton running after the demo"),
 ) -> None:
     """Export if needed, start Triton, super-resolve SRC -> DST through it over gRPC, stop."""
@@ -189,6 +201,42 @@ def bench(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
     typer.echo(report(weights, repo))
 
 
+@app.command("bench-span")
+def bench_span(
+    data: Path = typer.Option(..., exists=True, help="HR images (e.g. ../shared/data/aerial/val)"),
+    scale: int = typer.Option(4, help="2 or 4 (SPAN's scales)"),
+    steps: str = typer.Option(f"0,{DEFAULT_STEPS}", help="HNDSR step counts to time"),
+    triton: str = typer.Option("auto", help="'auto' starts the bundled Triton, or a gRPC URL of a running one"),
+    repeats: int = typer.Option(2, help="timed passes per side after one warm-up pass (the faster counts)"),
+    limit: int | None = typer.Option(None, help="only the first N images"),
+) -> None:
+    """Speed through Triton vs SPAN (ncnn, 2 threads) on the same crops, printed as ratios."""
+    from hndsr.bench import speed_vs_span
+
+    with _triton(triton) as url:
+        typer.echo(speed_vs_span(data, url, scale, tuple(_int_list(steps)), repeats, limit))
+
+
+@contextlib.contextmanager
+def _triton(triton: str, weights: Path = WEIGHTS):
+    """Yield a gRPC URL: ``triton`` itself, or that of a bundled server started (and stopped) here."""
+    if triton != "auto":
+        yield triton
+        return
+    from hndsr.serving.server import start_server, stop_server, wait_ready
+
+    ensure_exported(weights)
+    opts = _options("127.0.0.1", 8100, 8101, 8102, None)
+    log = REPO_ROOT / "runs" / "tritonserver-eval.log"
+    log.parent.mkdir(exist_ok=True)
+    proc = start_server(opts, log)
+    try:
+        wait_ready(opts.host, opts.http_port, 300, proc)
+        yield f"{opts.host}:{opts.grpc_port}"
+    finally:
+        stop_server(proc)
+
+
 def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -197,7 +245,7 @@ def _int_list(text: str) -> list[int]:
 def eval_cmd(
     data: Path = typer.Option(..., exists=True, help="held-out HR images (e.g. ../shared/data/aerial/val)"),
     scale: int = typer.Option(4, help="integer scale of the protocol"),
-    steps: str = typer.Option("0,4,8,20,50", help="DDIM step counts scored in PyTorch"),
+    steps: str = typer.Option("0,1,2,4,8", help="DDIM step counts scored in PyTorch"),
     triton: str = typer.Option(
         "auto", help="'auto' starts the bundled Triton, a gRPC URL uses a running one, 'none' skips the served model"
     ),
@@ -205,23 +253,20 @@ def eval_cmd(
     out: Path = typer.Option(Path("runs/eval"), help="results.md, results.json and grid.png go here"),
     limit: int | None = typer.Option(None, help="only the first N images"),
     weights: Path = WEIGHTS,
+    grid_sample: bool = typer.Option(True, help="add a crop of the satellite sample (roofs) to the grid"),
 ) -> None:
     """Score HNDSR (PyTorch and Triton) against bicubic and SPAN on the same crops."""
-    from hndsr.evaluate import evaluate
+    from hndsr.evaluate import Pair, evaluate
+    from hndsr.image_io import bicubic_downscale, read_rgb
     from hndsr.models.hndsr import HNDSR
 
     model = HNDSR.load(weights)
-    proc = None
-    url: str | None = None if triton == "none" else triton
-    if triton == "auto":
-        from hndsr.serving.server import start_server, wait_ready
-
-        ensure_exported(weights)
-        opts = _options("127.0.0.1", 8100, 8101, 8102, None)
-        proc = start_server(opts, REPO_ROOT / "runs" / "tritonserver-eval.log")
-        wait_ready(opts.host, opts.http_port, 300, proc)
-        url = f"{opts.host}:{opts.grpc_port}"
-    try:
+    extra = []
+    if grid_sample:
+        hr = read_rgb(SAMPLE)[:128, 310:438]  # the roofs of the satellite sample
+        extra.append(Pair("laodong_roofs", hr, bicubic_downscale(hr, (128 // scale, 128 // scale))))
+    with contextlib.ExitStack() as stack:
+        url = None if triton == "none" else stack.enter_context(_triton(triton, weights))
         default = f"HNDSR steps={DEFAULT_STEPS}"
         result = evaluate(
             data,
@@ -233,12 +278,8 @@ def eval_cmd(
             out,
             limit,
             grid_methods=("bicubic", f"SPAN x{scale} ch48", "HNDSR steps=0 (PyTorch)", f"{default} (PyTorch)"),
+            grid_extra=extra,
         )
-    finally:
-        if proc is not None:
-            from hndsr.serving.server import stop_server
-
-            stop_server(proc)
     from hndsr.evaluate import markdown_table
 
     typer.echo(markdown_table(result))

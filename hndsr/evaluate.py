@@ -21,7 +21,7 @@ from tqdm import tqdm
 from hndsr.baselines import SPAN_MODELS, SpanNcnn, bicubic
 from hndsr.data import list_images
 from hndsr.image_io import bicubic_downscale, read_rgb
-from hndsr.metrics import psnr_y, ssim_y
+from hndsr.metrics import haarpsi, periodic_ratio, psnr_y, ssim_y
 from hndsr.niqe import DEFAULT_PARAMS, niqe
 from hndsr.pipeline import Sampling, SRParams, TorchRunner, super_resolve
 
@@ -47,14 +47,27 @@ def load_pairs(data: str | Path, scale: int, limit: int | None = None) -> list[P
 class MethodScores:
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
+    haarpsi: list[float] = field(default_factory=list)
     niqe: list[float] = field(default_factory=list)
+    periodic: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+
+    def add(self, sr: np.ndarray, hr: np.ndarray, scale: int, niqe_params: Path, seconds: float) -> None:
+        self.seconds.append(seconds)
+        self.psnr.append(psnr_y(sr, hr, scale))
+        self.ssim.append(ssim_y(sr, hr, scale))
+        self.haarpsi.append(haarpsi(sr, hr))
+        big_enough = min(hr.shape[:2]) - 2 * scale >= 96  # NIQE works on 96x96 blocks
+        self.niqe.append(niqe(sr, scale, niqe_params) if big_enough else float("nan"))
+        self.periodic.append(periodic_ratio(sr))
 
     def summary(self) -> dict[str, float]:
         return {
             "psnr_y": float(np.mean(self.psnr)),
             "ssim_y": float(np.mean(self.ssim)),
+            "haarpsi": float(np.mean(self.haarpsi)),
             "niqe": float(np.nanmean(self.niqe)) if not np.all(np.isnan(self.niqe)) else float("nan"),
+            "periodic_ratio": float(np.median(self.periodic)),
             "seconds_per_image": float(np.mean(self.seconds)),
         }
 
@@ -73,6 +86,16 @@ def torch_upscaler(model, scale: int, steps: int, seed: int = 0) -> Upscaler:
     return run
 
 
+@torch.no_grad()
+def autoencode(model, hr: np.ndarray) -> np.ndarray:
+    """decoder(encoder(HR)): the autoencoder's ceiling (it sees the HR image; not an upscaler)."""
+    h, w = hr.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].float() / 255
+    x = torch.nn.functional.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")
+    out = model.decoder(model.encoder(x))[0, :, :h, :w]
+    return (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 def triton_upscaler(url: str, scale: int, steps: int, seed: int = 0) -> Upscaler:
     from client.triton_client import HNDSRClient
 
@@ -84,19 +107,22 @@ def triton_upscaler(url: str, scale: int, steps: int, seed: int = 0) -> Upscaler
     return run
 
 
-def _grid(pairs: list[Pair], outputs: dict[str, list[np.ndarray]], scale: int, path: Path, crop: int = 128) -> None:
-    """Side-by-side crops: LR (nearest), each method, HR."""
-    columns = ["LR (nearest)", *outputs.keys(), "HR"]
+GRID_ROWS = 3
+"""Scored images shown in the grid (plus any ``grid_extra`` images)."""
+
+
+def _grid(rows: list[tuple[Pair, dict[str, np.ndarray]]], scale: int, path: Path, crop: int = 128) -> None:
+    """Side-by-side centre crops: LR (nearest), each method, HR; one row per image."""
+    columns = ["LR (nearest)", *rows[0][1].keys(), "HR"]
     zoom = max(1, 256 // crop)
     cell = crop * zoom
-    rows = pairs[:3]
     canvas = Image.new("RGB", (cell * len(columns), (cell + 18) * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
-    for r, pair in enumerate(rows):
+    for r, (pair, outputs) in enumerate(rows):
         h, w = pair.hr.shape[:2]
         y0, x0 = (h - crop) // 2 // scale * scale, (w - crop) // 2 // scale * scale
         lr_near = np.asarray(Image.fromarray(pair.lr).resize((w, h), Image.NEAREST))
-        images = [lr_near, *(outs[r] for outs in outputs.values()), pair.hr]
+        images = [lr_near, *outputs.values(), pair.hr]
         for c, (label, image) in enumerate(zip(columns, images)):
             tile = Image.fromarray(image[y0 : y0 + crop, x0 : x0 + crop]).resize((cell, cell), Image.NEAREST)
             canvas.paste(tile, (c * cell, r * (cell + 18) + 18))
@@ -115,7 +141,13 @@ def evaluate(
     limit: int | None = None,
     niqe_params: Path = DEFAULT_PARAMS,
     grid_methods: tuple[str, ...] = (),
+    grid_extra: list[Pair] | None = None,
 ) -> dict:
+    """Score every method on the same pairs; write results.json/.md and grid.png to ``out_dir``.
+
+    ``grid_extra``: more images shown in the grid but not scored (e.g. one with roofs or rows,
+    where a periodic artefact would show).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = load_pairs(data, scale, limit)
     methods: dict[str, Upscaler] = {"bicubic": lambda lr, size: bicubic(lr, size)}
@@ -130,18 +162,20 @@ def evaluate(
     scores = {name: MethodScores() for name in methods}
     keep = {name: [] for name in methods}
     agreement: dict[str, float] = {}
+    hr_periodic = []
+    ceiling = MethodScores()
     for pair in tqdm(pairs, desc=f"eval x{scale}"):
         size = pair.hr.shape[:2]
+        hr_periodic.append(periodic_ratio(pair.hr))
+        start = time.perf_counter()
+        ceiling.add(autoencode(model, pair.hr), pair.hr, scale, niqe_params, time.perf_counter() - start)
         for name, fn in methods.items():
             start = time.perf_counter()
             sr = fn(pair.lr, size)
-            scores[name].seconds.append(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
             assert sr.shape == pair.hr.shape, (name, sr.shape, pair.hr.shape)
-            scores[name].psnr.append(psnr_y(sr, pair.hr, scale))
-            scores[name].ssim.append(ssim_y(sr, pair.hr, scale))
-            big_enough = min(size) - 2 * scale >= 96  # NIQE works on 96x96 blocks
-            scores[name].niqe.append(niqe(sr, scale, niqe_params) if big_enough else float("nan"))
-            if len(keep[name]) < 3:
+            scores[name].add(sr, pair.hr, scale, niqe_params, seconds)
+            if len(keep[name]) < GRID_ROWS:
                 keep[name].append(sr)
     for name in methods:
         twin = name.replace("(Triton)", "(PyTorch)")
@@ -155,12 +189,17 @@ def evaluate(
         "images": len(pairs),
         "scale": scale,
         "summary": summary,
+        "hr_periodic_ratio": float(np.median(hr_periodic)),
+        "autoencoder_ceiling": ceiling.summary(),
         "max_abs_pixel_diff_triton_vs_pytorch": agreement,
     }
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
     (out_dir / "results.md").write_text(markdown_table(result))
-    shown = {k: v for k, v in keep.items() if not grid_methods or k in grid_methods}
-    _grid(pairs, shown, scale, out_dir / "grid.png")
+    shown = [k for k in keep if not grid_methods or k in grid_methods]
+    rows = [(pair, {k: keep[k][i] for k in shown}) for i, pair in enumerate(pairs[:GRID_ROWS])]
+    for pair in grid_extra or []:
+        rows.append((pair, {k: methods[k](pair.lr, pair.hr.shape[:2]) for k in shown}))
+    _grid(rows, scale, out_dir / "grid.png")
     return result
 
 
@@ -168,12 +207,19 @@ def markdown_table(result: dict) -> str:
     lines = [
         f"Scale {result['scale']}x, {result['images']} images of `{result['data']}`",
         "",
-        "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | NIQE ↓ | s / image (CPU) |",
-        "|---|---|---|---|---|",
+        "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | HaarPSI ↑ | NIQE ↓ | periodic ratio ↓ | s / image (CPU) |",
+        "|---|---|---|---|---|---|---|",
+        f"| HR itself | – | – | – | – | {result['hr_periodic_ratio']:.1f} | – |",
     ]
+    c = result["autoencoder_ceiling"]
+    lines.append(
+        f"| autoencoder ceiling: decoder(encoder(HR)), sees HR | {c['psnr_y']:.2f} | {c['ssim_y']:.3f} "
+        f"| {c['haarpsi']:.3f} | {c['niqe']:.2f} | {c['periodic_ratio']:.1f} | {c['seconds_per_image']:.2f} |"
+    )
     for name, s in result["summary"].items():
         lines.append(
-            f"| {name} | {s['psnr_y']:.2f} | {s['ssim_y']:.3f} | {s['niqe']:.2f} | {s['seconds_per_image']:.2f} |"
+            f"| {name} | {s['psnr_y']:.2f} | {s['ssim_y']:.3f} | {s['haarpsi']:.3f} | {s['niqe']:.2f} "
+            f"| {s['periodic_ratio']:.1f} | {s['seconds_per_image']:.2f} |"
         )
     if result["max_abs_pixel_diff_triton_vs_pytorch"]:
         lines += ["", "Triton vs PyTorch, max abs pixel difference on the first images:"]

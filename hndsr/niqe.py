@@ -1,7 +1,7 @@
 """NIQE (Mittal et al. 2013), no-reference naturalness score: lower is more natural.
 
 Follows the published algorithm as implemented in BasicSR (``basicsr/metrics/niqe.py``) and uses
-its published pristine-image model (``niqe_pris_params.npz``, shipped in ``../shared/metrics``).
+its published pristine-image model (``niqe_pris_params.npz``, Apache-2.0, shipped in ``hndsr/assets``).
 No maintained PyPI package computes NIQE offline without downloading its parameters, so the
 algorithm is written out here; the half-scale resize uses Pillow's antialiased bicubic instead of
 MATLAB's ``imresize``, which moves scores by a few hundredths.
@@ -19,7 +19,7 @@ from scipy.special import gamma
 
 from hndsr.metrics import rgb_to_y
 
-DEFAULT_PARAMS = Path(__file__).resolve().parents[1].parent / "shared" / "metrics" / "niqe_pris_params.npz"
+DEFAULT_PARAMS = Path(__file__).resolve().parent / "assets" / "niqe_pris_params.npz"
 
 _GAM = np.arange(0.2, 10.001, 0.001)
 _R_GAM = gamma(2 / _GAM) ** 2 / (gamma(1 / _GAM) * gamma(3 / _GAM))

@@ -400,7 +400,7 @@ def plot_log(log_csv: str | Path, out_png: str | Path) -> None:
 
     with Path(log_csv).open() as f:
         rows = list(csv.DictReader(f))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
+    fig, axes = plt.subplots(1, len(PHASES) + 1, figsize=(18, 3.5))
     for ax, phase in zip(axes, PHASES):
         pts = [(int(r["step"]), float(r["loss"])) for r in rows if r["phase"] == phase]
         if pts:
@@ -411,9 +411,9 @@ def plot_log(log_csv: str | Path, out_png: str | Path) -> None:
     for key, label in (("train_psnr_y", "train crops"), ("val_psnr_y", "val crops"), ("val_bicubic_psnr_y", "bicubic")):
         pts = [(int(r["step"]), float(r[key])) for r in rows if r["phase"] == "regression" and r.get(key)]
         if pts:
-            axes[2].plot(*zip(*pts), label=label)
-    axes[2].legend()
-    axes[2].set_title("steps-0 PSNR-Y 4x (centre crops, EMA)")
-    axes[2].set_xlabel("regression step")
+            axes[-1].plot(*zip(*pts), label=label)
+    axes[-1].legend()
+    axes[-1].set_title("steps-0 PSNR-Y 4x (centre crops, EMA)")
+    axes[-1].set_xlabel("regression step")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)

@@ -1,0 +1,52 @@
+"""Quality metrics against independent references or properties that a wrong formula breaks."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hndsr.image_io import read_rgb
+from hndsr.metrics import haarpsi, periodic_ratio, psnr_y
+
+from .conftest import FIXTURES
+
+REFERENCE_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "periodic_ratio.py"
+
+
+@pytest.fixture(scope="module")
+def hr() -> np.ndarray:
+    return read_rgb(FIXTURES / "teak_1.png")
+
+
+def test_periodic_ratio_equals_the_reference_definition(hr):
+    if not REFERENCE_TOOL.exists():
+        pytest.fail(f"reference tool missing: {REFERENCE_TOOL} (CI runs with ../shared beside the clone)")
+    spec = importlib.util.spec_from_file_location("periodic_ratio_reference", REFERENCE_TOOL)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    grid = hr.astype(np.int16)
+    grid[::4, ::4] += 6
+    for image in (hr, np.clip(grid, 0, 255).astype(np.uint8)):
+        assert periodic_ratio(image) == pytest.approx(ref.ratio(image), rel=1e-12)
+
+
+def test_periodic_ratio_flags_a_4px_grid_not_a_smooth_image(hr):
+    grid = hr.astype(np.int16)
+    grid[::4, ::4] += 6
+    blurred = np.asarray(Image.fromarray(hr).resize((hr.shape[1] // 2, hr.shape[0] // 2)).resize(hr.shape[1::-1]))
+    assert periodic_ratio(np.clip(grid, 0, 255).astype(np.uint8)) > 5 * periodic_ratio(hr)
+    assert periodic_ratio(blurred) < 20
+
+
+def test_haarpsi_is_one_on_identity_symmetric_and_falls_with_noise(hr):
+    rng = np.random.default_rng(0)
+    assert haarpsi(hr, hr) == pytest.approx(1.0, abs=1e-9)
+    noisy = [np.clip(hr + rng.normal(0, s, hr.shape), 0, 255).astype(np.uint8) for s in (4, 12, 30)]
+    scores = [haarpsi(n, hr) for n in noisy]
+    assert scores[0] > scores[1] > scores[2] > 0.2
+    assert haarpsi(noisy[1], hr) == pytest.approx(haarpsi(hr, noisy[1]), abs=1e-12)
+    # Less structure-damaging but same-MSE distortion (a constant offset) scores higher than noise.
+    offset = np.clip(hr.astype(float) + 12, 0, 255).astype(np.uint8)
+    assert psnr_y(offset, hr, 0) < psnr_y(noisy[1], hr, 0) + 3 and haarpsi(offset, hr) > scores[1]
