@@ -63,8 +63,62 @@ def run(
     requests_per_window: int,
     out_csv: Path,
     protocol: str = "grpc",
+    request_count: int | None = None,
+    stability_percentage: float = 10.0,
+    max_trials: int = 10,
 ) -> list[dict[str, str]]:
-    """Run perf_analyzer over a concurrency range; returns its CSV rows."""
+    """Run perf_analyzer over a concurrency range; returns its CSV rows.
+
+    By default perf_analyzer measures windows of ``requests_per_window`` requests until three in a
+    row agree within ``stability_percentage`` (at most ``max_trials`` windows) and fails with
+    "Failed to obtain stable measurement" otherwise, which a busy machine can cause. With
+    ``request_count`` it measures exactly that many requests per concurrency level instead, with
+    no stability criterion: the mode for checking that load testing works on a shared machine."""
+    if request_count:
+        # perf_analyzer takes --request-count for one concurrency level per run only.
+        levels = _levels(concurrency)
+        rows: list[dict[str, str]] = []
+        for level in levels:
+            part = out_csv.with_name(f"{out_csv.stem}.c{level}{out_csv.suffix}")
+            rows += _perf_analyzer(
+                url, image, scale, steps, str(level), ["--request-count", str(request_count)], part, protocol
+            )
+            part.unlink()
+        with out_csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return rows
+    window = [
+        "--measurement-mode",
+        "count_windows",
+        "--measurement-request-count",
+        str(requests_per_window),
+        "--stability-percentage",
+        f"{stability_percentage:g}",
+        "--max-trials",
+        str(max_trials),
+    ]
+    return _perf_analyzer(url, image, scale, steps, concurrency, window, out_csv, protocol)
+
+
+def _levels(concurrency: str) -> list[int]:
+    """Concurrency levels of a perf_analyzer ``start:end:step`` range."""
+    parts = [int(p) for p in concurrency.split(":")]
+    start, end, step = (parts + [parts[0], 1][len(parts) - 1 :])[:3]
+    return list(range(start, end + 1, step))
+
+
+def _perf_analyzer(
+    url: str,
+    image: np.ndarray,
+    scale: float,
+    steps: int,
+    concurrency: str,
+    measurement: list[str],
+    out_csv: Path,
+    protocol: str,
+) -> list[dict[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "input.json"
         data.write_text(json.dumps(input_data(image, scale, steps, 0)))
@@ -82,10 +136,7 @@ def run(
             f"IMAGE:{image.shape[0]},{image.shape[1]},3",
             "--concurrency-range",
             concurrency,
-            "--measurement-mode",
-            "count_windows",
-            "--measurement-request-count",
-            str(requests_per_window),
+            *measurement,
             "--max-threads",
             "4",
             "-f",
@@ -109,11 +160,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--concurrency", default="1:2", help="perf_analyzer --concurrency-range")
     parser.add_argument("--requests", type=int, default=10, help="requests per measurement window")
+    parser.add_argument("--stability", type=float, default=10.0, help="perf_analyzer --stability-percentage")
+    parser.add_argument("--max-trials", type=int, default=10, help="perf_analyzer --max-trials")
+    parser.add_argument(
+        "--request-count", type=int, help="measure exactly this many requests per level (no stability criterion)"
+    )
     parser.add_argument("--csv", type=Path, default=Path("runs/perf_analyzer.csv"))
     args = parser.parse_args(argv)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     rows = run(
-        args.url, read_rgb(args.image), args.scale, args.steps, args.concurrency, args.requests, args.csv, args.protocol
+        args.url,
+        read_rgb(args.image),
+        args.scale,
+        args.steps,
+        args.concurrency,
+        args.requests,
+        args.csv,
+        args.protocol,
+        args.request_count,
+        args.stability,
+        args.max_trials,
     )
     print("| concurrency | inferences/s | p50 latency (ms) | p90 (ms) | p99 (ms) |")
     print("|---|---|---|---|---|")

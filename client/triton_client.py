@@ -45,18 +45,30 @@ class RequestTimeoutError(HNDSRError):
 _FIELD_ERROR = re.compile(r"^(IMAGE|SCALE|STEPS|SEED|ETA)\b|exceeds the limit|unexpected shape|data-type")
 
 
+_UNAVAILABLE = re.compile(
+    r"failed to connect|connection refused|shutting down|no available versions|is not ready|unknown model|"
+    r"socket closed|connection reset",
+    re.IGNORECASE,
+)
+
+
 def _map_error(exc: InferenceServerException) -> HNDSRError:
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
+    lower = message.lower()
     # Errors inside a gRPC stream arrive without a status code: recognise the model's field errors.
-    if "INVALID_ARG" in status or status == "400" or _FIELD_ERROR.search(message):
+    if "INVALID_ARG" in status or _FIELD_ERROR.search(message):
         return InvalidInputError(message)
-    if "RESOURCE_EXHAUSTED" in status or status in ("429", "503") and "exhausted" in message.lower():
-        return OverloadedError(f"server overloaded: {message}")
-    if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message or "timed out" in message.lower():
+    # The server's admission control refuses at once with UNAVAILABLE (HTTP 503) "server overloaded".
+    if "overloaded" in lower or "RESOURCE_EXHAUSTED" in status or status == "429":
+        return OverloadedError(message if "retry later" in lower else f"server overloaded, retry later: {message}")
+    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lower or "timed out" in lower or "timeout" in lower:
         return RequestTimeoutError(f"request timed out: {message}")
-    if "UNAVAILABLE" in status or "failed to connect" in message.lower() or "connection refused" in message.lower():
+    # Draining ("shutting down"), a model being reloaded, or no server at all.
+    if "UNAVAILABLE" in status or status == "503" or _UNAVAILABLE.search(message):
         return ServerUnavailableError(f"server unavailable: {message}")
+    if status == "400":
+        return InvalidInputError(message)
     return HNDSRError(message)
 
 
@@ -71,11 +83,21 @@ class UpscaleResult:
 class HNDSRClient:
     """``protocol`` is "grpc" (url like 127.0.0.1:8001) or "http" (127.0.0.1:8000)."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout_s: float = 900.0) -> None:
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        protocol: str = "grpc",
+        timeout_s: float = 900.0,
+        deadline_s: float | None = None,
+    ) -> None:
+        """``timeout_s``: how long this client waits. ``deadline_s``: sent as Triton's request timeout;
+        the server gives up on the request once it has passed (while queued or between DDIM steps)
+        and answers "request timeout expired" (``RequestTimeoutError``)."""
         if protocol not in ("grpc", "http"):
             raise ValueError("protocol must be 'grpc' or 'http'")
         self.protocol = protocol
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         if protocol == "grpc":
             self._mod = grpcclient
             self._client = grpcclient.InferenceServerClient(
@@ -140,6 +162,9 @@ class HNDSRClient:
             self._input("ETA", np.array([eta], dtype=np.float32), "FP32"),
         ]
 
+    def _deadline(self) -> dict:
+        return {"timeout": int(self.deadline_s * 1e6)} if self.deadline_s else {}
+
     @staticmethod
     def _info(result) -> dict:
         raw = result.as_numpy("INFO").reshape(-1)[0]
@@ -152,6 +177,7 @@ class HNDSRClient:
         inputs = self._request(image, scale, steps, seed, eta)
         outputs = [self._mod.InferRequestedOutput("SR_IMAGE"), self._mod.InferRequestedOutput("INFO")]
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        kwargs.update(self._deadline())
         start = time.perf_counter()
         try:
             result = self._client.infer(MODEL, inputs, outputs=outputs, **kwargs)
@@ -182,7 +208,7 @@ class HNDSRClient:
         start = time.perf_counter()
         self._client.start_stream(callback=lambda result, error: responses.put((result, error)))
         try:
-            self._client.async_stream_infer(STREAM_MODEL, inputs)
+            self._client.async_stream_infer(STREAM_MODEL, inputs, **self._deadline())
             deadline = start + self.timeout_s
             while True:
                 try:

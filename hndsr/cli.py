@@ -160,6 +160,8 @@ def train(
     augment: bool = typer.Option(TRAIN.augment, help="random HR shrink and colour-channel shuffles"),
     seed: int = typer.Option(TRAIN.seed, help="random seed"),
     threads: int = typer.Option(TRAIN.threads, help="torch CPU threads (0 = default)"),
+    checkpoint_seconds: float = typer.Option(TRAIN.checkpoint_seconds, help="checkpoint + weights every N s"),
+    eval_seconds: float = typer.Option(TRAIN.eval_seconds, help="quick PSNR/periodic-ratio log every N s"),
     weights_out: Path = typer.Option(WEIGHTS, help="EMA weights (fp16 safetensors) written at each checkpoint"),
 ) -> None:
     """Train regression (encoder+FNO+decoder), de-gridding, then the diffusion UNet; resumes from OUT."""
@@ -185,6 +187,8 @@ def train(
         augment=augment,
         seed=seed,
         threads=threads,
+        checkpoint_seconds=checkpoint_seconds,
+        eval_seconds=eval_seconds,
         weights_out=str(weights_out),
     )
     path = run_training(cfg)
@@ -254,6 +258,9 @@ def eval_cmd(
     limit: int | None = typer.Option(None, help="only the first N images"),
     weights: Path = WEIGHTS,
     grid_sample: bool = typer.Option(True, help="add a crop of the satellite sample (roofs) to the grid"),
+    start_timestep: int | None = typer.Option(
+        None, help="override the weights' DDIM start timestep in the PyTorch rows (for sweeps)"
+    ),
 ) -> None:
     """Score HNDSR (PyTorch and Triton) against bicubic and SPAN on the same crops."""
     from hndsr.evaluate import Pair, evaluate
@@ -261,6 +268,8 @@ def eval_cmd(
     from hndsr.models.hndsr import HNDSR
 
     model = HNDSR.load(weights)
+    if start_timestep is not None:
+        model.start_timestep.fill_(float(start_timestep))
     extra = []
     if grid_sample:
         hr = read_rgb(SAMPLE)[:128, 310:438]  # the roofs of the satellite sample

@@ -90,7 +90,7 @@ def torch_upscaler(model, scale: int, steps: int, seed: int = 0) -> Upscaler:
 def autoencode(model, hr: np.ndarray) -> np.ndarray:
     """decoder(encoder(HR)): the autoencoder's ceiling (it sees the HR image; not an upscaler)."""
     h, w = hr.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(hr)).permute(2, 0, 1)[None].float() / 255
     x = torch.nn.functional.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")
     out = model.decoder(model.encoder(x))[0, :, :h, :w]
     return (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()

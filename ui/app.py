@@ -49,7 +49,7 @@ def user_message(exc: Exception) -> str:
             return f"Too large: {text}"
         return f"Invalid input: {text}"
     if isinstance(exc, OverloadedError):
-        return f"Server overloaded, try again shortly: {text}"
+        return f"Server overloaded, retry later ({text})"
     if isinstance(exc, RequestTimeoutError):
         return f"Timed out: {text}"
     if isinstance(exc, ServerUnavailableError):

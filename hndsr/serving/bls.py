@@ -1,11 +1,22 @@
-"""``StageRunner`` that calls the stage models through Triton BLS (CPU or GPU tensors via DLPack)."""
+"""``StageRunner`` that calls the stage models through Triton BLS (CPU or GPU tensors via DLPack).
+
+A stage whose stub died is reloaded by the launcher's watchdog (``hndsr.serving.server``); while
+that happens its BLS calls fail with "not healthy" / "no available versions". Such calls are
+retried (a stage call is a pure function of its inputs) until ``retry_s`` has passed or the
+request should stop (client gone, deadline), so a request in flight survives a stage crash.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
+from hndsr.pipeline import Cancelled
+from hndsr.serving.admission import TRANSIENT
 from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS
 
 
@@ -16,8 +27,35 @@ class StageError(RuntimeError):
 class BLSRunner:
     """One BLS request per call, carrying the whole tile batch."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        should_stop: Callable[[], bool] = lambda: False,
+        retry_s: float = 0.0,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
         self.device = device
+        self.should_stop = should_stop
+        self.retry_s = retry_s
+        self.on_retry = on_retry
+
+    def _exec(self, stage: str, inputs: list, outputs: list[str]):
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.1
+        while True:
+            request = pb_utils.InferenceRequest(model_name=stage, inputs=inputs, requested_output_names=outputs)
+            response = request.exec()
+            if not response.has_error():
+                return response
+            message = response.error().message()
+            if not TRANSIENT.search(message) or time.monotonic() + delay > deadline:
+                raise StageError(f"{stage}: {message}")
+            if self.on_retry is not None:
+                self.on_retry(stage)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            if self.should_stop():
+                raise Cancelled(f"stopped while waiting for stage {stage} to recover ({message})")
 
     def _infer(self, stage: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
         spec = STAGE_SPECS[stage]
@@ -26,12 +64,7 @@ class BLSRunner:
         inputs = [
             pb_utils.Tensor.from_dlpack(s.name, to_dlpack(t.contiguous().float())) for s, t in zip(spec.inputs, tensors)
         ]
-        request = pb_utils.InferenceRequest(
-            model_name=stage, inputs=inputs, requested_output_names=[s.name for s in spec.outputs]
-        )
-        response = request.exec()
-        if response.has_error():
-            raise StageError(f"{stage}: {response.error().message()}")
+        response = self._exec(stage, inputs, [s.name for s in spec.outputs])
         # Copy out of the response's buffers: they are released with the response object.
         return [
             from_dlpack(pb_utils.get_output_tensor_by_name(response, s.name).to_dlpack()).to(self.device).clone()

@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hndsr.config import MAX_OUTPUT_PIXELS
 from hndsr.pipeline import Sampling
+from hndsr.serving.admission import (
+    CORE_INSTANCES,
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_MAX_QUEUE_WAIT_S,
+    DEFAULT_MAX_RUNNING,
+    DEFAULT_STAGE_RETRY_S,
+    FRONT_INSTANCES,
+)
 from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS, TensorSpec
+
+TRT_OPT_BATCH = 64
+"""Batch size TensorRT optimises for (profile min 1, opt this, max ``MAX_BATCH`` tiles); the same
+profile is used by the ONNX Runtime TensorRT accelerator and ``export/build_trt_plans.sh``."""
+TRT_CACHE_DIR = "/tmp/hndsr_trt_cache"
+"""Where the ONNX Runtime TensorRT accelerator keeps its engines and timing cache (a volume in
+compose.yaml, an emptyDir in export/k8s)."""
+
+
+def trt_profile(stage: str, batch: int) -> str:
+    """TensorRT shape spec of one stage at one batch size: ``NAME:BxD1xD2,...``."""
+    return ",".join(f"{s.name}:{'x'.join(map(str, (batch, *s.dims)))}" for s in STAGE_SPECS[stage].inputs)
+
+
+def _warmup(stage: str) -> str:
+    """A batch-1 zero-data warm-up: Triton runs it before the model is READY, so the TensorRT
+    engine is built (or loaded) before the first request and readiness means "serves at speed"."""
+    inputs = "".join(
+        f'  inputs {{ key: "{s.name}" value {{ data_type: TYPE_FP32 dims: [ {", ".join(map(str, s.dims))} ] '
+        "zero_data: true } }\n"
+        for s in STAGE_SPECS[stage].inputs
+    )
+    return f'model_warmup [ {{\n  name: "batch1_zero"\n  batch_size: 1\n{inputs}}} ]\n'
 
 
 def _tensors(kind: str, specs: tuple[TensorSpec, ...]) -> str:
@@ -42,15 +75,39 @@ def stage_config(stage: str, variant: str) -> str:
             '  parameters { key: "precision_mode" value: "FP16" }\n'
             '  parameters { key: "max_workspace_size_bytes" value: "4294967296" }\n'
             '  parameters { key: "trt_engine_cache_enable" value: "1" }\n'
-            '  parameters { key: "trt_engine_cache_path" value: "/tmp/hndsr_trt_cache" }\n'
+            f'  parameters {{ key: "trt_engine_cache_path" value: "{TRT_CACHE_DIR}" }}\n'
+            '  parameters { key: "trt_timing_cache_enable" value: "1" }\n'
+            f'  parameters {{ key: "trt_timing_cache_path" value: "{TRT_CACHE_DIR}" }}\n'
+            # One explicit profile covering every tile batch: without it the accelerator builds an
+            # engine for the first batch size it sees and rebuilds (minutes) when a larger one comes.
+            f'  parameters {{ key: "trt_profile_min_shapes" value: "{trt_profile(stage, 1)}" }}\n'
+            f'  parameters {{ key: "trt_profile_opt_shapes" value: "{trt_profile(stage, TRT_OPT_BATCH)}" }}\n'
+            f'  parameters {{ key: "trt_profile_max_shapes" value: "{trt_profile(stage, MAX_BATCH)}" }}\n'
             "} ] } }\n"
         )
+    if variant in ("gpu", "trt"):
+        body += _warmup(stage)
     return body
 
 
+_IO = (
+    "input [\n"
+    '  { name: "IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] },\n'
+    '  { name: "SCALE" data_type: TYPE_FP32 dims: [ 1 ] optional: true },\n'
+    '  { name: "STEPS" data_type: TYPE_INT32 dims: [ 1 ] optional: true },\n'
+    '  { name: "SEED" data_type: TYPE_INT64 dims: [ 1 ] optional: true },\n'
+    '  { name: "ETA" data_type: TYPE_FP32 dims: [ 1 ] optional: true }@CONTROL@\n'
+    "]\n"
+    "output [\n"
+    '  { name: "SR_IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] },\n'
+    '  { name: "INFO" data_type: TYPE_STRING dims: [ 1 ] }@PROGRESS@\n'
+    "]\n"
+)
+
+
 def orchestrator_config(variant: str, sampling: Sampling, model_version: str, stream: bool = False) -> str:
-    """Config of the ``hndsr`` BLS model (Python backend on both variants), or of its decoupled
-    twin ``hndsr_stream`` that also streams PROGRESS responses."""
+    """Config of the ``hndsr`` front model (Python backend, no torch: admission control, then BLS
+    to ``hndsr_core``), or of its decoupled twin ``hndsr_stream`` that also streams PROGRESS."""
     kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
     precision = "fp32" if variant == "cpu" else "fp16 (TensorRT)"
     name = "hndsr_stream" if stream else "hndsr"
@@ -58,19 +115,11 @@ def orchestrator_config(variant: str, sampling: Sampling, model_version: str, st
     policy = "model_transaction_policy { decoupled: true }\n" if stream else ""
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
-        "input [\n"
-        '  { name: "IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] },\n'
-        '  { name: "SCALE" data_type: TYPE_FP32 dims: [ 1 ] optional: true },\n'
-        '  { name: "STEPS" data_type: TYPE_INT32 dims: [ 1 ] optional: true },\n'
-        '  { name: "SEED" data_type: TYPE_INT64 dims: [ 1 ] optional: true },\n'
-        '  { name: "ETA" data_type: TYPE_FP32 dims: [ 1 ] optional: true }\n'
-        "]\n"
-        "output [\n"
-        '  { name: "SR_IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] },\n'
-        '  { name: "INFO" data_type: TYPE_STRING dims: [ 1 ] }'
-        f"{progress}\n]\n"
-        f"{policy}"
-        f"instance_group [ {{ count: 2 kind: {kind} }} ]\n"
+        + _IO.replace("@CONTROL@", "").replace("@PROGRESS@", progress)
+        + policy
+        # Admitted requests wait (queued or running) in front instances, and two more are always
+        # free to refuse excess requests at once: Triton's own queue stays empty.
+        + f"instance_group [ {{ count: {FRONT_INSTANCES} kind: {kind} }} ]\n"
         + _parameters(
             {
                 "residual_scale": f"{sampling.residual_scale:.8g}",
@@ -78,6 +127,40 @@ def orchestrator_config(variant: str, sampling: Sampling, model_version: str, st
                 "max_output_pixels": str(MAX_OUTPUT_PIXELS),
                 "model_version": model_version,
                 "precision": precision,
+                "max_inflight": str(DEFAULT_MAX_INFLIGHT),
+                "max_running": str(DEFAULT_MAX_RUNNING),
+                "front_instances": str(FRONT_INSTANCES),
+                "core_instances": str(CORE_INSTANCES),
+                "max_queue_wait_s": f"{DEFAULT_MAX_QUEUE_WAIT_S:g}",
+                "stage_retry_s": f"{DEFAULT_STAGE_RETRY_S:g}",
             }
         )
+    )
+
+
+def core_config(variant: str) -> str:
+    """Config of ``hndsr_core``, the pipeline behind the front models: their inputs plus CONTROL
+    (JSON from the front), one instance per request allowed to run at once. It holds nothing
+    that depends on the weights (the front passes the sampling constants), so it never goes stale."""
+    kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
+    control = ',\n  { name: "CONTROL" data_type: TYPE_STRING dims: [ 1 ] }'
+    return (
+        'name: "hndsr_core"\nbackend: "python"\nmax_batch_size: 0\n'
+        + _IO.replace("@CONTROL@", control).replace("@PROGRESS@", "")
+        + f"instance_group [ {{ count: {CORE_INSTANCES} kind: {kind} }} ]\n"
+        + _parameters({"stage_retry_s": f"{DEFAULT_STAGE_RETRY_S:g}"})
+    )
+
+
+def write_core_model(repo: Path) -> None:
+    """``model_repository/hndsr_core``: its configs and ``1/model.py``."""
+    root = repo / "hndsr_core"
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "1").mkdir(exist_ok=True)
+    (root / "config.pbtxt").write_text(core_config("cpu"))
+    for variant in ("gpu", "trt"):
+        (root / "configs" / f"{variant}.pbtxt").write_text(core_config(variant))
+    (root / "1" / "model.py").write_text(
+        '"""The HNDSR pipeline behind the hndsr/hndsr_stream front models (implementation: hndsr.serving.core)."""'
+        "\n\nfrom hndsr.serving.core import TritonPythonModel  # noqa: F401\n"
     )

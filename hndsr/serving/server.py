@@ -19,7 +19,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from hndsr.serving import admission
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+ADMIN_HEADER = "hndsr-admin-token"
+"""Header that unlocks Triton's model-control (and logging/trace) API when the launcher enables it."""
+RESTRICTED_APIS = "model-repository,logging,trace"
 
 
 @dataclass
@@ -32,6 +39,18 @@ class ServerOptions:
     work_dir: Path = Path(os.environ.get("HNDSR_WORK_DIR", Path.home() / ".cache" / "hndsr"))
     log_verbose: int = 0
     model_config_name: str | None = None
+    admin_token: str | None = None
+    """When set: explicit model control (every model loaded at start), with the model-repository,
+    logging and trace APIs refused unless the request carries ``ADMIN_HEADER: admin_token``."""
+    admission_file: Path | None = None
+    """State file of the orchestrator's admission control (default: ``work_dir/run/``, per HTTP port)."""
+    max_inflight: int | None = None
+    """Queued + running ``hndsr``/``hndsr_stream`` requests admitted at once (None: the model config's)."""
+    max_running: int | None = None
+    """Of those, how many run at once (None: the model config's)."""
+
+    def admission_path(self) -> Path:
+        return self.admission_file or self.work_dir / "run" / f"admission-{self.http_port}.json"
 
 
 def _pytriton_root() -> Path:
@@ -77,10 +96,18 @@ def server_command(opts: ServerOptions, backend_dir: Path) -> list[str]:
     ]
     if opts.model_config_name:
         cmd.append(f"--model-config-name={opts.model_config_name}")
+    if opts.admin_token:
+        restriction = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={opts.admin_token}"
+        cmd += [
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            f"--http-restricted-api={restriction}",
+            f"--grpc-restricted-protocol={restriction}",
+        ]
     return cmd
 
 
-def server_env() -> dict[str, str]:
+def server_env(opts: ServerOptions | None = None) -> dict[str, str]:
     libs = _pytriton_root().parent / "nvidia_pytriton.libs"
     env = dict(os.environ)
     lib_path = [str(libs), sysconfig.get_config_var("LIBDIR") or "", env.get("LD_LIBRARY_PATH", "")]
@@ -89,6 +116,10 @@ def server_env() -> dict[str, str]:
     # environment's bin first makes it use this environment (and its numpy < 2).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    if opts is not None:
+        env[admission.ENV_FILE] = str(opts.admission_path())
+        limits = {admission.ENV_MAX_INFLIGHT: opts.max_inflight, admission.ENV_MAX_RUNNING: opts.max_running}
+        env.update({key: str(value) for key, value in limits.items() if value is not None})
     return env
 
 
@@ -111,10 +142,11 @@ def wait_ready(host: str, http_port: int, timeout: float, proc: subprocess.Popen
 def start_server(opts: ServerOptions, log_file: Path | None = None) -> subprocess.Popen:
     """Start tritonserver in its own process group; the caller waits for readiness."""
     backend_dir = prepare_backend_dir(opts.work_dir)
+    admission.reset(opts.admission_path())
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child process
     return subprocess.Popen(
         server_command(opts, backend_dir),
-        env=server_env(),
+        env=server_env(opts),
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
         start_new_session=True,
@@ -131,28 +163,3 @@ def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return proc.returncode
-
-
-def serve_forever(opts: ServerOptions, ready_timeout: float = 300.0) -> int:
-    """Start, wait until ready, and stop cleanly on Ctrl-C or SIGTERM."""
-    proc = start_server(opts)
-    stopping = {"flag": False}
-
-    def _stop(signum, frame):  # noqa: ARG001
-        stopping["flag"] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        wait_ready(opts.host, opts.http_port, ready_timeout, proc)
-        print(
-            f"HNDSR on Triton is ready: HTTP {opts.host}:{opts.http_port}, gRPC {opts.host}:{opts.grpc_port}, "
-            f"metrics http://{opts.host}:{opts.metrics_port}/metrics",
-            flush=True,
-        )
-        while not stopping["flag"] and proc.poll() is None:
-            time.sleep(0.5)
-    finally:
-        code = stop_server(proc)
-        print(f"tritonserver stopped (exit code {code})", flush=True)
-    return 0 if stopping["flag"] else (proc.returncode or 1)

@@ -1,0 +1,142 @@
+"""The ``hndsr_core`` Triton model: validates, tiles, runs the DDIM loop over BLS, stitches.
+
+Internal: only the front models ``hndsr`` and ``hndsr_stream`` (``hndsr.serving.orchestrator``)
+call it, once they have admitted a request and it is its turn to run; it has as many instances
+as requests may run at once, so it never queues. Inputs: those of ``hndsr`` plus CONTROL (BYTES
+[1], JSON from the front: the sampling constants of the served weights, the admission ticket,
+whether to publish progress). Outputs: SR_IMAGE and INFO (always on the CPU).
+
+Between DDIM steps, and while a stage is being healed, it stops when the ticket says so (the
+client went away or its deadline passed: ``Admission.should_stop``); the DDIM progress goes to
+the ticket, from which ``hndsr_stream`` streams it. A failure is answered as an empty SR_IMAGE and
+INFO ``{"error", "code"}`` with code INVALID_ARG (field and limit), CANCELLED (stopped early; the
+front tells a deadline from a cancellation) or INTERNAL: BLS would turn every error code into INTERNAL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, Limits
+from hndsr.pipeline import Cancelled, InvalidRequest, Sampling, SRParams, super_resolve, validate
+from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, Admission
+from hndsr.serving.bls import BLSRunner
+
+
+def _scalar(request, name: str, default):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return default
+    value = tensor.as_numpy().reshape(-1)
+    if value.size != 1:
+        raise InvalidRequest(f"{name} must hold exactly one value, got {value.size}")
+    return value[0].item()
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
+            self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(1)
+        self.admission = Admission.from_env(params)
+        self.stage_retry_s = float(params.get("stage_retry_s", DEFAULT_STAGE_RETRY_S))
+        self._init_metrics()
+
+    def finalize(self) -> None:
+        self.admission.close()
+
+    def _init_metrics(self) -> None:
+        counter = pb_utils.MetricFamily.COUNTER
+        # Families must outlive their metrics, so they are kept on the instance.
+        self._families = {
+            name: pb_utils.MetricFamily(name, doc, counter)
+            for name, doc in (
+                ("hndsr_tiles_total", "Tiles processed"),
+                ("hndsr_ddim_steps_total", "DDIM steps run"),
+                ("hndsr_stage_duration_ms_total", "Milliseconds spent per stage (summed over requests)"),
+                ("hndsr_stage_retries_total", "Stage calls retried while a stage was being healed"),
+            )
+        }
+        self.m_tiles = self._families["hndsr_tiles_total"].Metric(labels={})
+        self.m_steps = self._families["hndsr_ddim_steps_total"].Metric(labels={})
+        stage_ms = self._families["hndsr_stage_duration_ms_total"]
+        self.m_stage = {
+            s: stage_ms.Metric(labels={"stage": s}) for s in ("encoder", "prior", "unet", "decoder", "total")
+        }
+        self.m_retries = self._families["hndsr_stage_retries_total"].Metric(labels={})
+
+    def execute(self, requests: list) -> list:
+        return [self._respond(request) for request in requests]
+
+    def _respond(self, request):
+        """The result, or the failure as an empty SR_IMAGE plus INFO {"error", "code"}: a BLS caller
+        gets every error code as INTERNAL, so the front reads the code from INFO instead."""
+        start = time.perf_counter()
+        try:
+            return self._handle(request)
+        except InvalidRequest as exc:
+            return self._failure(str(exc), "INVALID_ARG")
+        except Cancelled as exc:
+            return self._failure(str(exc), "CANCELLED")
+        except Exception as exc:  # noqa: BLE001 - report any failure to the client, keep serving
+            pb_utils.Logger.log_error(f"hndsr request failed after {time.perf_counter() - start:.1f}s: {exc!r}")
+            return self._failure(f"internal error: {exc}", "INTERNAL")
+
+    @staticmethod
+    def _failure(message: str, code: str):
+        info = json.dumps({"error": message, "code": code}).encode()
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor("SR_IMAGE", np.zeros((0, 0, 3), np.uint8)),
+                pb_utils.Tensor("INFO", np.array([info], dtype=np.object_)),
+            ]
+        )
+
+    def _handle(self, request):
+        control = json.loads(pb_utils.get_input_tensor_by_name(request, "CONTROL").as_numpy().reshape(-1)[0])
+        ticket = control.get("ticket")
+        sampling = Sampling(float(control["residual_scale"]), int(control["start_timestep"]))
+        limits = Limits(max_output_pixels=int(control.get("max_output_pixels", Limits.max_output_pixels)))
+        params = SRParams(
+            scale=float(_scalar(request, "SCALE", DEFAULT_SCALE)),
+            steps=int(_scalar(request, "STEPS", DEFAULT_STEPS)),
+            seed=int(_scalar(request, "SEED", 0)),
+            eta=float(_scalar(request, "ETA", 0.0)),
+        )
+        tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE")
+        validate(tuple(int(d) for d in tensor.shape()), "uint8", params, limits)  # Triton enforced UINT8
+
+        def should_stop() -> bool:
+            return ticket is not None and self.admission.should_stop(ticket)
+
+        on_step = None
+        if control.get("progress") and ticket is not None:
+
+            def on_step(done: int, total: int) -> None:
+                self.admission.progress(ticket, done, total)
+
+        runner = BLSRunner(self.device, should_stop, self.stage_retry_s, lambda stage: self.m_retries.increment(1))
+        image = from_dlpack(tensor.to_dlpack()).to(self.device)
+        result = super_resolve(image, params, runner, sampling, is_cancelled=should_stop, on_step=on_step)
+        info = {**result.info, "model_version": control.get("model_version"), "precision": control.get("precision")}
+        self.m_tiles.increment(info["tiles"])
+        self.m_steps.increment(info["steps"])
+        for stage, ms in info["stage_ms"].items():
+            self.m_stage[stage].increment(ms)
+        self.m_stage["total"].increment(info["total_ms"])
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor.from_dlpack("SR_IMAGE", to_dlpack(result.image.cpu().contiguous())),
+                pb_utils.Tensor("INFO", np.array([json.dumps(info).encode()], dtype=np.object_)),
+            ]
+        )
