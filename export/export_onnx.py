@@ -1,6 +1,6 @@
 """Build each stage's ONNX from the weights, check it against PyTorch, write the model repository.
 
-    python -m export.export_onnx [--weights weights/hndsr.safetensors] [--repo model_repository]
+    hndsr export [--weights weights/hndsr.safetensors] [--repo model_repository]
 
 Writes ``<repo>/<stage>/1/model.onnx`` (opset 17, dynamic batch, fixed tile), the CPU
 ``config.pbtxt`` and the GPU variants ``configs/gpu.pbtxt`` / ``configs/trt.pbtxt``, and the
@@ -9,7 +9,6 @@ orchestrator's configs. Prints the max abs error of onnxruntime vs PyTorch per s
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import warnings
 from pathlib import Path
@@ -116,15 +115,3 @@ def export_all(weights: Path = DEFAULT_WEIGHTS, repo: Path = DEFAULT_REPO, verbo
         (path.parent / "model.onnx.sha256").write_text(digest + "\n")
     write_configs(repo, Sampling.of(model), f"hndsr-{digest[:12]}")
     return errors
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--repo", type=Path, default=DEFAULT_REPO)
-    args = parser.parse_args(argv)
-    export_all(args.weights, args.repo)
-
-
-if __name__ == "__main__":
-    main()
