@@ -109,7 +109,11 @@ def orchestrator_config(variant: str, sampling: Sampling, model_version: str, st
     """Config of the ``hndsr`` front model (Python backend, no torch: admission control, then BLS
     to ``hndsr_core``), or of its decoupled twin ``hndsr_stream`` that also streams PROGRESS."""
     kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
-    precision = "fp32" if variant == "cpu" else "fp16 (TensorRT)"
+    precision = {
+        "cpu": "fp32 (onnxruntime CPU)",
+        "gpu": "fp16 (ONNX Runtime TensorRT accelerator)",
+        "trt": "fp16 (TensorRT plans, FNO spectral layers fp32)",
+    }[variant]
     name = "hndsr_stream" if stream else "hndsr"
     progress = ',\n  { name: "PROGRESS" data_type: TYPE_INT32 dims: [ 2 ] }' if stream else ""
     policy = "model_transaction_policy { decoupled: true }\n" if stream else ""

@@ -43,7 +43,10 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
+        if args.get("model_instance_kind") == "GPU":
+            # A GPU layout on a machine without CUDA must not quietly run (and report) on the CPU.
+            if not torch.cuda.is_available():
+                raise RuntimeError("this model is configured KIND_GPU but torch sees no CUDA device")
             self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
         else:
             self.device = torch.device("cpu")
