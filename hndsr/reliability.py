@@ -45,7 +45,7 @@ from client.triton_client import (
     ServerUnavailableError,
 )
 from hndsr.serving.admission import Admission
-from hndsr.serving.supervisor import Stub, stub_processes
+from hndsr.serving.server import Stub, stub_processes
 
 STAGES = ("encoder", "prior", "unet", "decoder")
 
@@ -855,6 +855,7 @@ def drain(served: Served, profile: Profile, report: Report) -> None:
     while served.admission()["inflight"] < k and time.monotonic() < t_wait:
         time.sleep(0.02)
     before = served.admission()
+    regions = served.shm_regions()  # tritonserver maps every pool, also those of stubs that died
     poller = ReadyPoller(served, 0.05, limit_s=profile.drain_grace_s + 60)
     t_term = time.monotonic()
     served.proc.send_signal(signal.SIGTERM)
@@ -907,7 +908,9 @@ def drain(served: Served, profile: Profile, report: Report) -> None:
         f"< {1 * profile.timing_slack:g} s / < grace {profile.drain_grace_s:g} s + 15 s",
         t_down is not None and t_down - t_term < profile.timing_slack and code == 0,
     )
-    report.details["drain"] = {"results": results, "late": late}
+    left = sorted(r for r in regions if os.path.exists(r))
+    report.add("drain", "server's /dev/shm pools left after exit", f"{len(left)} of {len(regions)}", "0", not left)
+    report.details["drain"] = {"results": results, "late": late, "shm_left": left}
 
 
 # -- driver ----------------------------------------------------------------------------------------
@@ -943,7 +946,7 @@ def run_suite(profile: Profile, work: Path | None = None, echo: Callable[[str], 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the CI version (relaxed timing targets)")
-    parser.add_argument("--soak", type=int, help="soak requests (default 320, quick 36)")
+    parser.add_argument("--soak", type=int, help="soak requests after the warm-up (default 300, quick 36)")
     parser.add_argument("--json", type=Path, help="also write the table and details as JSON")
     parser.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ The bundle ships only the Python backend; its stub binary for this interpreter i
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -27,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_HEADER = "hndsr-admin-token"
 """Header that unlocks Triton's model-control (and logging/trace) API when the launcher enables it."""
 RESTRICTED_APIS = "model-repository,logging,trace"
+STUB_BINARY = b"triton_python_backend_stub"
 
 
 @dataclass
@@ -153,8 +155,57 @@ def start_server(opts: ServerOptions, log_file: Path | None = None) -> subproces
     )
 
 
+@dataclass(frozen=True)
+class Stub:
+    pid: int
+    model: str
+    instance: str
+    state: str
+    region: str = ""
+    """Its shared-memory pool, ``/dev/shm/triton_python_backend_shm_region_...``."""
+
+
+def stub_processes(parent: int) -> dict[str, Stub]:
+    """Python-backend stubs whose parent is ``parent``, by instance name (e.g. ``unet_0_0``).
+
+    A zombie has no command line any more, so a dead stub is simply absent."""
+    found: dict[str, Stub] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[1]) != parent:
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if len(argv) < 9 or not argv[0].endswith(STUB_BINARY):
+            continue
+        model = Path(argv[1].decode()).parent.parent.name
+        instance = argv[8].decode()
+        region = f"/dev/shm/{argv[2].decode()}"
+        found[instance] = Stub(int(entry.name), model, instance, fields[0].decode(), region)
+    return found
+
+
+def stub_maps_region(pid: int, path: str) -> bool:
+    """Whether process ``pid`` is a live stub whose pool is ``path``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return len(argv) > 2 and argv[0].endswith(STUB_BINARY) and path.endswith(argv[2].decode())
+
+
 def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    """SIGTERM (Triton drains in-flight requests), then SIGKILL after ``timeout``."""
+    """SIGTERM (Triton drains in-flight requests), then SIGKILL after ``timeout``; stubs left
+    behind (Triton exits without them once its exit timeout expires) are killed too, and their
+    shared-memory pools, which Triton then leaves in /dev/shm, removed."""
+    regions = {s.region: s.pid for s in stub_processes(proc.pid).values()}
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -162,4 +213,21 @@ def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # its own process group: only its stubs can be left
+    remove_stale_regions(regions)
     return proc.returncode
+
+
+def remove_stale_regions(regions: dict[str, int], wait_s: float = 5.0) -> int:
+    """Remove the shm pools (path -> stub pid) whose stubs are gone; returns how many."""
+    deadline = time.monotonic() + wait_s
+    while any(stub_maps_region(pid, path) for path, pid in regions.items()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # stubs killed with their process group are on their way out
+    removed = 0
+    for path, pid in regions.items():
+        if not stub_maps_region(pid, path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed += 1
+    return removed

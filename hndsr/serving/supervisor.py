@@ -9,16 +9,17 @@ without the launcher's random token, see ``ServerOptions.admin_token``). A watch
   finished one for ``stall_timeout_s`` (Triton's own metrics) marks its model broken;
 - heals a broken model through the model-control API: unload (Triton's readiness turns false at
   once: ``/v2/health/ready`` and ``/v2/models/<m>/ready`` answer 400), load (a fresh stub), ready
-  again. Requests in flight retry their stage calls meanwhile (``hndsr.serving.bls``);
+  again. Requests in flight retry their stage (``hndsr.serving.bls``) or ``hndsr_core`` calls
+  (``hndsr.serving.orchestrator``) meanwhile;
 - restarts tritonserver when it exited, when a heal fails, or when it stays not ready for
   ``heal_timeout_s``; after ``max_restarts`` restarts within ten minutes it gives up and exits
   with status 1, so that a container runtime or Kubernetes restarts the whole service.
 
-On SIGTERM/SIGINT it drains: new requests are refused at once (the orchestrators' admission state
-says "draining", and ``hndsr``/``hndsr_stream`` are unloaded, so readiness is false), requests in
-flight finish for up to ``drain_grace_s``, and only then tritonserver gets its SIGTERM (once
-Triton's own shutdown begins it refuses the orchestrator's stage calls). A second signal cuts the
-grace period short.
+On SIGTERM/SIGINT it drains: new requests are refused at once (the admission state says
+"draining", and the front models ``hndsr``/``hndsr_stream`` are unloaded, so readiness is false),
+requests in flight finish for up to ``drain_grace_s``, and only then tritonserver gets its SIGTERM
+(once Triton's own shutdown begins it refuses the models' BLS calls). A second signal cuts the
+grace period short. Shared-memory pools that Triton leaves behind are removed once it exited.
 """
 
 from __future__ import annotations
@@ -39,10 +40,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hndsr.serving.admission import Admission
-from hndsr.serving.server import ADMIN_HEADER, ServerOptions, start_server, stop_server, wait_ready
+from hndsr.serving.server import (
+    ADMIN_HEADER,
+    ServerOptions,
+    remove_stale_regions,
+    start_server,
+    stop_server,
+    stub_processes,
+    wait_ready,
+)
 
 ORCHESTRATORS = ("hndsr", "hndsr_stream")
-STUB_BINARY = b"triton_python_backend_stub"
 
 
 @dataclass
@@ -57,39 +65,6 @@ class SupervisorOptions:
     heal_timeout_s: float = 120.0
     ready_timeout_s: float = 300.0
     max_restarts: int = 3
-
-
-@dataclass(frozen=True)
-class Stub:
-    pid: int
-    model: str
-    instance: str
-    state: str
-
-
-def stub_processes(parent: int) -> dict[str, Stub]:
-    """Python-backend stubs whose parent is ``parent``, by instance name (e.g. ``unet_0_0``).
-
-    A zombie has no command line any more, so a dead stub is simply absent."""
-    found: dict[str, Stub] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            if int(fields[1]) != parent:
-                continue
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if len(argv) < 9 or not argv[0].endswith(STUB_BINARY):
-            continue
-        model = Path(argv[1].decode()).parent.parent.name
-        instance = argv[8].decode()
-        found[instance] = Stub(int(entry.name), model, instance, fields[0].decode())
-    return found
 
 
 _METRIC = re.compile(r'^(nv_inference_pending_request_count|nv_inference_exec_count)\{model="([^"]+)"[^}]*\} (\S+)$')
@@ -122,6 +97,8 @@ class Supervisor:
         self.expected: dict[str, str] = {}
         """instance name -> model, from the last time every model was ready."""
         self.restarts: list[float] = []
+        self.regions: dict[str, int] = {}
+        """Shared-memory pool of every stub seen -> its pid (see ``_remove_stale_regions``)."""
         self._stopped_since: dict[str, float] = {}
         self._progress: dict[str, tuple[float, float, float]] = {}
         self._not_ready_since: float | None = None
@@ -194,6 +171,7 @@ class Supervisor:
 
     def _snapshot(self, models: set[str] | None = None) -> None:
         stubs = stub_processes(self.proc.pid)
+        self.regions.update({s.region: s.pid for s in stubs.values()})
         if models is None:
             self.expected = {s.instance: s.model for s in stubs.values()}
         else:
@@ -209,6 +187,7 @@ class Supervisor:
         self.log(f"{reason}: restarting tritonserver")
         if self.proc is not None:
             stop_server(self.proc, timeout=15)
+            self._remove_stale_regions()
         try:
             self.start()
         except Exception as exc:  # noqa: BLE001 - reported, then the caller decides
@@ -311,9 +290,20 @@ class Supervisor:
         else:
             self.log(f"drained {first} requests in {time.monotonic() - t0:.1f}s")
         code = stop_server(self.proc, timeout=30)
+        removed = self._remove_stale_regions()
         self.admission.close()
-        self.log(f"tritonserver stopped (exit code {code})")
+        self.log(
+            f"tritonserver stopped (exit code {code})" + (f", {removed} stale shm pools removed" if removed else "")
+        )
         return code
+
+    def _remove_stale_regions(self) -> int:
+        """Once tritonserver is gone, remove the shm pools it left behind: the pool of a stub that
+        died with a request on it belongs to a model version that never finishes unloading, so
+        Triton never removes it (a few MiB of /dev/shm per such crash otherwise)."""
+        removed = remove_stale_regions(self.regions)
+        self.regions.clear()
+        return removed
 
     def run(self, stop: threading.Event, hurry: threading.Event | None = None) -> int:
         """Watch until ``stop`` is set, then drain; 0 after a requested stop, 1 when healing failed."""
