@@ -299,6 +299,9 @@ class Trainer:
                 self._run_phase(phase, log, log_file)
         return self.weights_out
 
+    def _base_lr(self, phase: str) -> float:
+        return {"regression": self.cfg.lr, "diffusion": self.cfg.diffusion_lr, "degrid": self.cfg.degrid_lr}[phase]
+
     def _start_phase(self, phase: str) -> tuple[dict[str, torch.nn.Parameter], torch.optim.Optimizer, EMA]:
         cfg = self.cfg
         for p in self.model.parameters():
@@ -306,7 +309,7 @@ class Trainer:
         params = trainable(self.model, phase)
         for p in params.values():
             p.requires_grad_(True)
-        lr = {"regression": cfg.lr, "diffusion": cfg.diffusion_lr, "degrid": cfg.degrid_lr}[phase]
+        lr = self._base_lr(phase)
         opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
         if self._resume_optimizer is not None:
             opt.load_state_dict(self._resume_optimizer)
@@ -321,7 +324,7 @@ class Trainer:
     def _run_phase(self, phase: str, log: csv.DictWriter, log_file) -> None:
         cfg = self.cfg
         params, opt, ema = self._start_phase(phase)
-        base_lr = {"regression": cfg.lr, "diffusion": cfg.diffusion_lr, "degrid": cfg.degrid_lr}[phase]
+        base_lr = self._base_lr(phase)
         self.model.train()
         t0 = time.time() - self.state["elapsed"]
         last_ckpt = last_eval = time.time()
