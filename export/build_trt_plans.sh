@@ -28,7 +28,7 @@ MAX=${MAX_BATCH:-512}
 SPECTRAL=${FNO_SPECTRAL_PRECISION:-fp32}
 PYTHON=${PYTHON:-python3}
 STAGES="encoder prior unet decoder"
-ORCHESTRATORS="hndsr hndsr_stream"
+ORCHESTRATORS="hndsr hndsr_stream hndsr_core"
 
 die() { echo "build_trt_plans: $*" >&2; exit 1; }
 

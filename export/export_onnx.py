@@ -19,7 +19,7 @@ import torch
 
 from hndsr.models.hndsr import HNDSR, STAGES
 from hndsr.pipeline import Sampling
-from hndsr.serving.configs import orchestrator_config, stage_config
+from hndsr.serving.configs import core_config, orchestrator_config, stage_config
 from hndsr.serving.stages import STAGE_SPECS, example_inputs, stage_module
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +72,8 @@ def _model_py(doc: str, module: str) -> str:
 
 def write_configs(repo: Path, sampling: Sampling, version: str) -> None:
     for stage in STAGES:
-        (repo / stage / "configs").mkdir(parents=True, exist_ok=True)
+        for sub in ("configs", "1"):
+            (repo / stage / sub).mkdir(parents=True, exist_ok=True)
         (repo / stage / "config.pbtxt").write_text(stage_config(stage, "cpu"))
         (repo / stage / "configs" / "gpu.pbtxt").write_text(stage_config(stage, "gpu"))
         (repo / stage / "configs" / "trt.pbtxt").write_text(stage_config(stage, "trt"))
@@ -88,6 +89,15 @@ def write_configs(repo: Path, sampling: Sampling, version: str) -> None:
                 orchestrator_config(variant, sampling, version, stream)
             )
         (repo / name / "1" / "model.py").write_text(_model_py("The HNDSR orchestrator", "hndsr.serving.orchestrator"))
+    core = repo / "hndsr_core"
+    for sub in ("configs", "1"):
+        (core / sub).mkdir(parents=True, exist_ok=True)
+    (core / "config.pbtxt").write_text(core_config("cpu"))
+    for variant in ("gpu", "trt"):
+        (core / "configs" / f"{variant}.pbtxt").write_text(core_config(variant))
+    (core / "1" / "model.py").write_text(
+        _model_py("The HNDSR pipeline behind the hndsr/hndsr_stream front models", "hndsr.serving.core")
+    )
 
 
 def is_current(repo: Path, weights: Path) -> bool:

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
+from hndsr.degrid import remove_grid_pattern
 from hndsr.diffusion import DDIMScheduler
 from hndsr.image_io import output_size
 from hndsr.imaging import to_uint8, upsample
@@ -180,8 +181,8 @@ def super_resolve(
                 on_step(i + 1, len(timesteps))
         latent = latent + sample / sampling.residual_scale
 
-    decoded = timer.run("decoder", runner.decode, latent_plan.split(latent))
-    sr = to_uint8(plan.blend(decoded)[:, :out_h, :out_w])
+    decoded = plan.blend(timer.run("decoder", runner.decode, latent_plan.split(latent)))
+    sr = to_uint8((up + remove_grid_pattern(decoded - up))[:, :out_h, :out_w])
     info = {
         "scale": float(params.scale),
         "steps": int(params.steps),

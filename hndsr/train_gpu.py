@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--diffusion-lr", type=float, default=5e-4)
+    parser.add_argument("--max-timestep", type=int, default=TrainConfig.max_timestep)
+    parser.add_argument("--start-timestep", type=int, default=TrainConfig.start_timestep)
     parser.add_argument("--init", help="start from these weights (fine-tune)")
     parser.add_argument("--restart-phase", choices=("regression", "degrid", "diffusion"))
     args = parser.parse_args(argv)
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         batch=args.batch,
         lr=args.lr,
         diffusion_lr=args.diffusion_lr,
+        max_timestep=args.max_timestep,
+        start_timestep=args.start_timestep,
         init=args.init,
         restart_phase=args.restart_phase,
         checkpoint_seconds=60,

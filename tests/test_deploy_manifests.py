@@ -26,7 +26,7 @@ from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS
 from .conftest import ROOT, free_port
 
 REPO = ROOT / "model_repository"
-MODELS = [*STAGES, "hndsr", "hndsr_stream"]
+MODELS = [*STAGES, "hndsr", "hndsr_stream", "hndsr_core"]
 EXPORT = ROOT / "export"
 PROMETHEUS = EXPORT / "prometheus"
 GRAFANA = EXPORT / "grafana"
@@ -151,6 +151,21 @@ def test_committed_configs_parse_as_triton_model_config(model, variant):
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
 
 
+def test_committed_model_repository_is_what_export_generates(tmp_path):
+    """Every config and model.py in model_repository/ is what ``hndsr export`` writes today, so a
+    change to the generating code without a re-export fails here."""
+    from export.export_onnx import write_configs
+    from hndsr.models.hndsr import HNDSR
+
+    model = HNDSR.load(ROOT / "weights" / "hndsr.safetensors")
+    stamp = (REPO / "encoder" / "1" / "model.onnx.sha256").read_text().strip()
+    write_configs(tmp_path, Sampling.of(model), f"hndsr-{stamp[:12]}")
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert {p.parts[0] for p in generated} == set(MODELS)
+    for rel in generated:
+        assert (REPO / rel).read_text() == (tmp_path / rel).read_text(), f"{rel} is stale: run hndsr export"
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_committed_stage_configs_are_the_generated_ones(stage):
     assert (REPO / stage / "config.pbtxt").read_text() == stage_config(stage, "cpu")
@@ -214,7 +229,7 @@ def test_trt_build_script_matches_stage_shapes():
         assert specs == expected
     assert f"OPT=${{OPT_BATCH:-{TRT_OPT_BATCH}}}" in text and f"MAX=${{MAX_BATCH:-{MAX_BATCH}}}" in text
     assert re.search(r'^STAGES="(.+)"$', text, re.M).group(1).split() == list(STAGES)
-    assert re.search(r'^ORCHESTRATORS="(.+)"$', text, re.M).group(1).split() == ["hndsr", "hndsr_stream"]
+    assert re.search(r'^ORCHESTRATORS="(.+)"$', text, re.M).group(1).split() == MODELS[len(STAGES) :]
 
 
 def test_trt_build_script_assembles_a_servable_layout(tmp_path):

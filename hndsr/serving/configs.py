@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hndsr.config import MAX_OUTPUT_PIXELS
 from hndsr.pipeline import Sampling
 from hndsr.serving.admission import (
@@ -153,18 +151,4 @@ def core_config(variant: str) -> str:
         + _IO.replace("@CONTROL@", control).replace("@PROGRESS@", "")
         + f"instance_group [ {{ count: {CORE_INSTANCES} kind: {kind} }} ]\n"
         + _parameters({"stage_retry_s": f"{DEFAULT_STAGE_RETRY_S:g}"})
-    )
-
-
-def write_core_model(repo: Path) -> None:
-    """``model_repository/hndsr_core``: its configs and ``1/model.py``."""
-    root = repo / "hndsr_core"
-    (root / "configs").mkdir(parents=True, exist_ok=True)
-    (root / "1").mkdir(exist_ok=True)
-    (root / "config.pbtxt").write_text(core_config("cpu"))
-    for variant in ("gpu", "trt"):
-        (root / "configs" / f"{variant}.pbtxt").write_text(core_config(variant))
-    (root / "1" / "model.py").write_text(
-        '"""The HNDSR pipeline behind the hndsr/hndsr_stream front models (implementation: hndsr.serving.core)."""'
-        "\n\nfrom hndsr.serving.core import TritonPythonModel  # noqa: F401\n"
     )

@@ -1,0 +1,90 @@
+"""Throughput of the serving pipeline on a CUDA GPU, in output megapixels per second.
+
+Runs ``hndsr.pipeline.super_resolve`` (the code the Triton orchestrator runs: tiling, FNO prior,
+batched DDIM steps, decoding, de-gridding, stitching) with the stages as PyTorch CUDA modules,
+warm, best of ``--repeats``. It measures the model on the GPU without Triton: the lent GPU
+machine has no Docker, no TensorRT and no Triton GPU build (see README, Deployment).
+
+    PYTHONPATH=. python3 -m hndsr.bench_gpu --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from hndsr.config import DEFAULT_STEPS
+from hndsr.models.hndsr import HNDSR
+from hndsr.pipeline import Sampling, SRParams, TorchRunner, super_resolve
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "hndsr.safetensors"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(model: HNDSR, lr_side: int, steps: int, chunk: int, repeats: int, dtype: torch.dtype) -> dict:
+    """Best-of-``repeats`` time (after one warm-up) of one ``lr_side``-square image at 4x."""
+    device = next(model.parameters()).device
+    runner = TorchRunner(model, chunk=chunk)
+    image = torch.randint(0, 256, (lr_side, lr_side, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    params = SRParams(scale=4.0, steps=steps, seed=0)
+    times = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            result = super_resolve(image, params, runner, Sampling.of(model))
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    best = min(times[1:])
+    out_mp = result.image.shape[0] * result.image.shape[1] / 1e6
+    return {
+        "lr_side": lr_side,
+        "steps": steps,
+        "dtype": str(dtype).removeprefix("torch."),
+        "tiles": result.info["tiles"],
+        "output_mp": round(out_mp, 2),
+        "best_s": round(best, 4),
+        "mp_per_s": round(out_mp / best, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
+    parser.add_argument("--sizes", default="256,1000", help="LR sides (4x output: 1000 -> 16 MP, the server's limit)")
+    parser.add_argument("--steps", default=f"0,{DEFAULT_STEPS}")
+    parser.add_argument("--chunk", type=int, default=256, help="tiles per stage call (Triton sends all tiles at once)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    model = HNDSR.load(args.weights, device=device).eval()
+    dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows = []
+    for side in map(int, args.sizes.split(",")):
+        for steps in map(int, args.steps.split(",")):
+            for dtype in dtypes:
+                rows.append(measure(model, side, steps, args.chunk, args.repeats, dtype))
+                print(json.dumps(rows[-1]), flush=True)
+    result = {"device": name, "torch": torch.__version__, "weights": str(args.weights.name), "rows": rows}
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_gpu.json").write_text(json.dumps(result, indent=2))
+    keys = ("lr_side", "steps", "dtype", "output_mp", "best_s", "mp_per_s")
+    print(f"{name}\n| LR side | steps | dtype | output MP | s | MP/s |")
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()
