@@ -54,12 +54,20 @@ def serve(
     max_running: int | None = typer.Option(None, help="of those, how many run at once (default: model config, 2)"),
     drain_grace: float = typer.Option(60.0, help="seconds requests in flight at SIGTERM/Ctrl-C may take to finish"),
     stall_timeout: float = typer.Option(60.0, help="reload a stage with requests pending and no progress this long"),
+    model_repository: Path = typer.Option(REPO, help="model repository (a mounted layout in a container)"),
+    tritonserver: Path | None = typer.Option(
+        None, help="a tritonserver with its own backends (the official container's); default: the bundled one"
+    ),
+    triton_arg: list[str] = typer.Option([], help="extra tritonserver flag, repeatable (--triton-arg=--x=y)"),
 ) -> None:
-    """Start the bundled tritonserver on CPU, watch and heal it; Ctrl-C/SIGTERM drains, then stops."""
+    """Start tritonserver, watch and heal it; Ctrl-C/SIGTERM drains, then stops it. The same launcher
+    runs the containers (compose.yaml, export/k8s), so they drain too."""
     from hndsr.serving.supervisor import SupervisorOptions, serve_forever
 
-    ensure_exported()
+    if model_repository == REPO:
+        ensure_exported()
     opts = _options(host, http_port, grpc_port, metrics_port, config_name)
+    opts.model_repository, opts.tritonserver, opts.extra_args = model_repository, tritonserver, tuple(triton_arg)
     opts.max_inflight, opts.max_running = max_inflight, max_running
     sup = SupervisorOptions(drain_grace_s=drain_grace, stall_timeout_s=stall_timeout)
     raise typer.Exit(serve_forever(opts, sup))
@@ -157,6 +165,7 @@ def train(
     batch: int = typer.Option(TRAIN.batch, help="patches per step"),
     lr: float = typer.Option(TRAIN.lr, help="peak learning rate of phase 1"),
     diffusion_lr: float = typer.Option(TRAIN.diffusion_lr, help="peak learning rate of phase 3"),
+    max_timestep: int = typer.Option(TRAIN.max_timestep, help="phase 3 trains the UNet on timesteps below this"),
     augment: bool = typer.Option(TRAIN.augment, help="random HR shrink and colour-channel shuffles"),
     seed: int = typer.Option(TRAIN.seed, help="random seed"),
     threads: int = typer.Option(TRAIN.threads, help="torch CPU threads (0 = default)"),
@@ -184,6 +193,7 @@ def train(
         batch=batch,
         lr=lr,
         diffusion_lr=diffusion_lr,
+        max_timestep=max_timestep,
         augment=augment,
         seed=seed,
         threads=threads,

@@ -316,7 +316,9 @@ class Trainer:
         ema = EMA(params, cfg.ema, self._resume_ema)
         self._resume_optimizer = self._resume_ema = None
         if phase == "diffusion" and self.state["step"] == 0:
-            self.model.residual_scale.fill_(estimate_residual_scale(self.model, self.bank))
+            # A UNet fine-tune (--init W --restart-phase diffusion) keeps the scale W's UNet learned.
+            if not (cfg.init and cfg.restart_phase == "diffusion"):
+                self.model.residual_scale.fill_(estimate_residual_scale(self.model, self.bank))
             self.model.start_timestep.fill_(float(cfg.start_timestep))
             print(f"residual_scale = {float(self.model.residual_scale):.4f}", flush=True)
         return params, opt, ema

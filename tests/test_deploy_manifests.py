@@ -84,6 +84,24 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "compose.yaml").read_text())
 
 
+def launched(command: list[str], monkeypatch: pytest.MonkeyPatch, layout: str = "gpu"):
+    """What a container's ``hndsr serve ...`` command really starts, parsed by the real CLI:
+    (tritonserver command line, supervisor options)."""
+    from typer.testing import CliRunner
+
+    import hndsr.serving.supervisor as supervisor
+    from hndsr.cli import app
+    from hndsr.serving.server import server_command
+
+    assert command[:2] == ["hndsr", "serve"], "the launcher runs the container (watchdog + draining shutdown)"
+    seen = {}
+    monkeypatch.setattr(supervisor, "serve_forever", lambda opts, sup: seen.update(opts=opts, sup=sup) or 0)
+    args = [a.replace("${HNDSR_LAYOUT:-gpu}", layout) for a in command[1:]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return server_command(seen["opts"], None), seen["sup"]
+
+
 def flag_values(command: list[str], flag: str) -> list[str]:
     return [arg.split("=", 1)[1] for arg in command if arg.startswith(flag + "=")]
 
@@ -289,7 +307,7 @@ def test_trt_build_script_assembles_a_servable_layout(tmp_path):
 # compose.yaml
 
 
-def test_compose_file():
+def test_compose_file(monkeypatch):
     spec = compose()
     services = spec["services"]
     assert all(s.get("profiles") for s in services.values()), "every service needs a profile (gpu/cpu/trt-build)"
@@ -305,26 +323,30 @@ def test_compose_file():
         assert size.endswith("gb") and int(size[:-2]) >= 1, "Docker's 64 MB /dev/shm is too small"
         assert triton["ulimits"] == {"memlock": -1, "stack": 67108864}
         assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
-        command = triton["command"]
-        assert command[0] == "tritonserver"
+        command, sup = launched(triton["command"], monkeypatch)
+        assert command[0] == "/opt/tritonserver/bin/tritonserver"  # the official image's, with its backends
+        assert flag_values(command, "--http-address") == ["0.0.0.0"]
         exit_timeout = int(flag_values(command, "--exit-timeout-secs")[0])
-        assert int(triton["stop_grace_period"].rstrip("s")) > exit_timeout
+        assert int(triton["stop_grace_period"].rstrip("s")) > sup.drain_grace_s + exit_timeout
         assert flag_values(command, "--metrics-config") == ["summary_latencies=true"]
         repos = [v for v in triton["volumes"] if v.startswith("./model_repository:")]
         assert repos and all(v.endswith(":ro") for v in repos), "the model repository is mounted read-only"
+    gpu_cmd, cpu_cmd = launched(gpu["command"], monkeypatch)[0], launched(cpu["command"], monkeypatch)[0]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert "deploy" not in cpu and flag_values(cpu["command"], "--allow-gpu-metrics") == ["false"]
+    assert "deploy" not in cpu and flag_values(cpu_cmd, "--allow-gpu-metrics") == ["false"]
+    assert flag_values(gpu_cmd, "--allow-gpu-metrics") == ["true"]
     assert cpu["networks"]["default"]["aliases"] == ["triton"]
-    assert flag_values(cpu["command"], "--model-config-name") == []  # config.pbtxt = the CPU layout
+    assert flag_values(cpu_cmd, "--model-config-name") == []  # config.pbtxt = the CPU layout
     # Same flags on both variants apart from the repository, layout and GPU metrics.
     differ = ("--model-repository", "--model-config-name", "--allow-gpu-metrics")
-    assert [a for a in gpu["command"] if not a.startswith(differ)] == [
-        a for a in cpu["command"] if not a.startswith(differ)
-    ]
+    assert [a for a in gpu_cmd if not a.startswith(differ)] == [a for a in cpu_cmd if not a.startswith(differ)]
 
     # Layouts: gpu = the committed ONNX repository, trt = the volume trt-build fills on the GPU.
-    assert flag_values(gpu["command"], "--model-repository") == ["/opt/hndsr/layouts/${HNDSR_LAYOUT:-gpu}"]
-    assert flag_values(gpu["command"], "--model-config-name") == ["${HNDSR_LAYOUT:-gpu}"]
+    assert flag_values(gpu_cmd, "--model-repository") == ["/opt/hndsr/layouts/gpu"]
+    assert flag_values(gpu_cmd, "--model-config-name") == ["gpu"]
+    trt_cmd = launched(gpu["command"], monkeypatch, layout="trt")[0]
+    assert flag_values(trt_cmd, "--model-repository") == ["/opt/hndsr/layouts/trt"]
+    assert flag_values(trt_cmd, "--model-config-name") == ["trt"]
     assert "./model_repository:/opt/hndsr/layouts/gpu:ro" in gpu["volumes"]
     assert "trt-repository:/opt/hndsr/layouts/trt:ro" in gpu["volumes"]
     assert "trt-repository:/opt/hndsr/layouts/trt" in trt_build["volumes"]
@@ -586,7 +608,7 @@ def _kubernetes_validate():
     return kubernetes_validate
 
 
-def test_kubernetes_manifests_fit_together():
+def test_kubernetes_manifests_fit_together(monkeypatch):
     docs = _k8s_docs()
     kustomization = docs.pop("kustomization.yaml")[0]
     assert set(kustomization["resources"]) <= set(docs)
@@ -604,16 +626,16 @@ def test_kubernetes_manifests_fit_together():
     ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert "command" not in triton, "args only: keep the image's NVIDIA entrypoint"
-    args = triton["args"]
+    args, sup = launched(triton["args"], monkeypatch)
     exit_timeout = int(flag_values(args, "--exit-timeout-secs")[0])
     pre_stop = int(triton["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] > exit_timeout + pre_stop
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + sup.drain_grace_s + exit_timeout
     shm = [v for v in pod["volumes"] if v["name"] == "dshm"][0]
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in triton["volumeMounts"]
     assert {"name": "trt-cache", "mountPath": TRT_CACHE_DIR} in triton["volumeMounts"]
     # Same server flags as the compose GPU service, with the image's baked-in repository.
-    gpu_compose = compose()["services"]["triton"]["command"]
+    gpu_compose = launched(compose()["services"]["triton"]["command"], monkeypatch)[0]
     differ = ("--model-repository", "--model-config-name")
     assert [a for a in args if not a.startswith(differ)] == [a for a in gpu_compose if not a.startswith(differ)]
     assert flag_values(args, "--model-repository") == ["/opt/hndsr/model_repository"]
@@ -652,7 +674,10 @@ def test_kubernetes_manifests_fit_together():
 
 def _metrics_flags() -> list[str]:
     """The production metric flags (compose's CPU service: the same as the GPU one and the k8s args)."""
-    return [a for a in compose()["services"]["triton-cpu"]["command"] if a.startswith("--metrics-config")]
+    extra = flag_values(compose()["services"]["triton-cpu"]["command"], "--triton-arg")
+    flags = [a for a in extra if a.startswith("--metrics-config")]
+    assert flags, "compose's Triton runs without --metrics-config"
+    return flags
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,11 @@ class ServerOptions:
     """Queued + running ``hndsr``/``hndsr_stream`` requests admitted at once (None: the model config's)."""
     max_running: int | None = None
     """Of those, how many run at once (None: the model config's)."""
+    tritonserver: Path | None = None
+    """A tritonserver with its own backends (the official container's ``tritonserver``); None: the
+    nvidia-pytriton bundle, with the Python backend and stub for this interpreter."""
+    extra_args: tuple[str, ...] = ()
+    """More tritonserver flags, appended last (e.g. ``--allow-gpu-metrics=true`` on a GPU)."""
 
     def admission_path(self) -> Path:
         return self.admission_file or self.work_dir / "run" / f"admission-{self.http_port}.json"
@@ -79,12 +84,16 @@ def prepare_backend_dir(work_dir: Path) -> Path:
     return target.parent
 
 
-def server_command(opts: ServerOptions, backend_dir: Path) -> list[str]:
-    binary = _pytriton_root() / "tritonserver" / "bin" / "tritonserver"
+def server_command(opts: ServerOptions, backend_dir: Path | None) -> list[str]:
+    if opts.tritonserver is None:
+        binary = _pytriton_root() / "tritonserver" / "bin" / "tritonserver"
+        own = [f"--backend-directory={backend_dir}", "--allow-gpu-metrics=false"]
+    else:
+        binary, own = opts.tritonserver, []
     cmd = [
         str(binary),
         f"--model-repository={opts.model_repository}",
-        f"--backend-directory={backend_dir}",
+        *own,
         f"--http-address={opts.host}",
         f"--http-port={opts.http_port}",
         f"--grpc-address={opts.host}",
@@ -92,7 +101,6 @@ def server_command(opts: ServerOptions, backend_dir: Path) -> list[str]:
         f"--metrics-address={opts.host}",
         f"--metrics-port={opts.metrics_port}",
         "--allow-metrics=true",
-        "--allow-gpu-metrics=false",
         f"--log-verbose={opts.log_verbose}",
         "--exit-timeout-secs=10",
     ]
@@ -106,18 +114,19 @@ def server_command(opts: ServerOptions, backend_dir: Path) -> list[str]:
             f"--http-restricted-api={restriction}",
             f"--grpc-restricted-protocol={restriction}",
         ]
-    return cmd
+    return cmd + list(opts.extra_args)
 
 
 def server_env(opts: ServerOptions | None = None) -> dict[str, str]:
-    libs = _pytriton_root().parent / "nvidia_pytriton.libs"
     env = dict(os.environ)
-    lib_path = [str(libs), sysconfig.get_config_var("LIBDIR") or "", env.get("LD_LIBRARY_PATH", "")]
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in lib_path if p)
-    # The stub's embedded interpreter finds its prefix through "python3" on PATH: putting this
-    # environment's bin first makes it use this environment (and its numpy < 2).
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    if opts is None or opts.tritonserver is None:  # the nvidia-pytriton bundle
+        libs = _pytriton_root().parent / "nvidia_pytriton.libs"
+        lib_path = [str(libs), sysconfig.get_config_var("LIBDIR") or "", env.get("LD_LIBRARY_PATH", "")]
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in lib_path if p)
+        # The stub's embedded interpreter finds its prefix through "python3" on PATH: putting this
+        # environment's bin first makes it use this environment (and its numpy < 2).
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     if opts is not None:
         env[admission.ENV_FILE] = str(opts.admission_path())
         limits = {admission.ENV_MAX_INFLIGHT: opts.max_inflight, admission.ENV_MAX_RUNNING: opts.max_running}
@@ -143,7 +152,7 @@ def wait_ready(host: str, http_port: int, timeout: float, proc: subprocess.Popen
 
 def start_server(opts: ServerOptions, log_file: Path | None = None) -> subprocess.Popen:
     """Start tritonserver in its own process group; the caller waits for readiness."""
-    backend_dir = prepare_backend_dir(opts.work_dir)
+    backend_dir = None if opts.tritonserver else prepare_backend_dir(opts.work_dir)
     admission.reset(opts.admission_path())
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child process
     return subprocess.Popen(
