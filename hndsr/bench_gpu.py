@@ -10,12 +10,12 @@ machine has no Docker, no TensorRT and no Triton GPU build (see README, Deployme
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
+import typer
 
 from hndsr.config import DEFAULT_STEPS
 from hndsr.models.hndsr import HNDSR
@@ -56,30 +56,38 @@ def measure(model: HNDSR, lr_side: int, steps: int, chunk: int, repeats: int, dt
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=WEIGHTS)
-    parser.add_argument("--sizes", default="256,1000", help="LR sides (4x output: 1000 -> 16 MP, the server's limit)")
-    parser.add_argument("--steps", default=f"0,{DEFAULT_STEPS}")
-    parser.add_argument("--chunk", type=int, default=256, help="tiles per stage call (Triton sends all tiles at once)")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    model = HNDSR.load(args.weights, device=device).eval()
-    dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
+
+
+@app.command()
+def bench(
+    weights: Path = typer.Option(WEIGHTS, help="model weights (safetensors)"),
+    sizes: str = typer.Option("256,1000", help="LR sides (4x output: 1000 -> 16 MP, the server's limit)"),
+    steps: str = typer.Option(f"0,{DEFAULT_STEPS}", help="DDIM step counts to time"),
+    chunk: int = typer.Option(256, help="tiles per stage call (Triton sends all tiles at once)"),
+    repeats: int = typer.Option(2, help="timed passes after one warm-up (the best counts)"),
+    device: str = typer.Option("cuda", help="torch device (cuda, or cpu for a dry run)"),
+    out: Path | None = typer.Option(None, help="also write bench_gpu.json here"),
+) -> None:
+    """Output megapixels per second of the serving pipeline on a GPU, float32 and bfloat16."""
+    torch_device = torch.device(device)
+    model = HNDSR.load(weights, device=torch_device).eval()
+    dtypes = [torch.float32, torch.bfloat16] if torch_device.type == "cuda" else [torch.float32]
+    name = torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu"
     rows = []
-    for side in map(int, args.sizes.split(",")):
-        for steps in map(int, args.steps.split(",")):
+    for side in map(int, sizes.split(",")):
+        for n in map(int, steps.split(",")):
             for dtype in dtypes:
-                rows.append(measure(model, side, steps, args.chunk, args.repeats, dtype))
+                rows.append(measure(model, side, n, chunk, repeats, dtype))
                 print(json.dumps(rows[-1]), flush=True)
-    result = {"device": name, "torch": torch.__version__, "weights": str(args.weights.name), "rows": rows}
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_gpu.json").write_text(json.dumps(result, indent=2))
+    result = {"device": name, "torch": torch.__version__, "weights": str(weights.name), "rows": rows}
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_gpu.json").write_text(json.dumps(result, indent=2))
+    print_table(name, rows)
+
+
+def print_table(name: str, rows: list[dict]) -> None:
     keys = ("lr_side", "steps", "dtype", "output_mp", "best_s", "mp_per_s")
     print(f"{name}\n| LR side | steps | dtype | output MP | s | MP/s |")
     for r in rows:
@@ -87,4 +95,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app()

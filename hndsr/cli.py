@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
 from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, TrainConfig
-from hndsr.serving.server import REPO_ROOT, ServerOptions
+from hndsr.serving.server import REPO_ROOT, RunningServer, ServerOptions
 
 app = typer.Typer(add_completion=False, help="HNDSR super-resolution served by NVIDIA Triton.")
 
@@ -44,9 +45,9 @@ def _options(host: str, http_port: int, grpc_port: int, metrics_port: int, confi
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0 to expose)"),
-    http_port: int = 8000,
-    grpc_port: int = 8001,
-    metrics_port: int = 8002,
+    http_port: int = typer.Option(8000, help="Triton's HTTP/REST port (health, model control)"),
+    grpc_port: int = typer.Option(8001, help="Triton's gRPC port (what the client uses)"),
+    metrics_port: int = typer.Option(8002, help="Triton's Prometheus metrics port (/metrics)"),
     config_name: str | None = typer.Option(None, help="Triton --model-config-name (e.g. gpu)"),
     max_inflight: int | None = typer.Option(
         None, help="queued + running requests admitted at once; more are refused (default: model config, 4)"
@@ -83,63 +84,59 @@ def demo(
     keep_serving: bool = typer.Option(False, help="leave Triton running after the demo"),
 ) -> None:
     """Export if needed, start Triton, super-resolve SRC -> DST through it over gRPC, stop."""
-    from client.triton_client import HNDSRClient
-    from hndsr.image_io import read_rgb, write_rgb
-    from hndsr.serving.server import start_server, stop_server, wait_ready
-
     ensure_exported()
     opts = _options("127.0.0.1", 8000, 8001, 8002, None)
     log = REPO_ROOT / "runs" / "tritonserver.log"
-    log.parent.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    proc = start_server(opts, log)
     try:
-        wait_ready(opts.host, opts.http_port, 300, proc)
-        typer.echo(f"Triton ready in {time.perf_counter() - t0:.1f}s (log: {log})")
-        image = read_rgb(src)
-        with HNDSRClient(f"{opts.host}:{opts.grpc_port}") as client:
-            result = client.upscale(image, scale=scale, steps=steps, seed=seed)
-        write_rgb(dst, result.image)
-        h, w = result.image.shape[:2]
-        typer.echo(
-            f"{src} -> {dst}: {w}x{h}, {result.info['tiles']} tiles, {steps} steps, latency {result.latency_s:.1f}s"
-        )
-        typer.echo(json.dumps(result.info))
-        if keep_serving:
-            typer.echo("serving until Ctrl-C ...")
-            proc.wait()
+        with _server(opts, log) as server:
+            typer.echo(f"Triton ready in {time.perf_counter() - t0:.1f}s (log: {log})")
+            _upscale(server.grpc, src, dst, scale, steps, seed)
+            if keep_serving:
+                typer.echo("serving until Ctrl-C ...")
+                if server.proc.wait():
+                    typer.echo(f"tritonserver exited with code {server.proc.returncode} (log: {log})", err=True)
+                    raise typer.Exit(1)
     except KeyboardInterrupt:
-        pass
-    finally:
-        stop_server(proc)
+        pass  # Ctrl-C ends the demo; Triton is stopped by then
+
+
+def _upscale(url: str, src: Path, dst: Path, scale: float, steps: int, seed: int) -> None:
+    from client.triton_client import HNDSRClient
+    from hndsr.image_io import read_rgb, write_rgb
+
+    with HNDSRClient(url) as client:
+        result = client.upscale(read_rgb(src), scale=scale, steps=steps, seed=seed)
+    write_rgb(dst, result.image)
+    h, w = result.image.shape[:2]
+    typer.echo(f"{src} -> {dst}: {w}x{h}, {result.info['tiles']} tiles, {steps} steps, latency {result.latency_s:.1f}s")
+    typer.echo(json.dumps(result.info))
 
 
 @app.command()
 def up(
     host: str = typer.Option("127.0.0.1", help="address for Triton and the UI"),
-    ui_port: int = 7860,
+    ui_port: int = typer.Option(7860, help="port of the web UI"),
 ) -> None:
     """Start Triton (CPU) and the web UI together; Ctrl-C stops both."""
-    from hndsr.serving.server import start_server, stop_server, wait_ready
     from ui.app import launch
 
     ensure_exported()
     opts = _options(host, 8000, 8001, 8002, None)
     log = REPO_ROOT / "runs" / "tritonserver.log"
-    log.parent.mkdir(exist_ok=True)
-    proc = start_server(opts, log)
     try:
-        wait_ready(opts.host, opts.http_port, 300, proc)
-        typer.echo(f"Triton ready (log: {log}); UI on http://{host}:{ui_port}")
-        launch(f"{host}:8001", f"{host}:8000", f"http://{host}:8002/metrics", host, ui_port)
+        with _server(opts, log) as server:
+            typer.echo(f"Triton ready (log: {log}); UI on http://{host}:{ui_port}")
+            launch(server.grpc, server.http, server.metrics, host, ui_port)
     except KeyboardInterrupt:
         pass
-    finally:
-        stop_server(proc)
 
 
 @app.command()
-def export(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
+def export(
+    weights: Path = typer.Option(WEIGHTS, help="model weights (safetensors)"),
+    repo: Path = typer.Option(REPO, help="Triton model repository to write/read the ONNX stages and configs"),
+) -> None:
     """Export every stage to ONNX, check parity with PyTorch, write the configs."""
     from export.export_onnx import export_all
 
@@ -207,7 +204,10 @@ def train(
 
 
 @app.command()
-def bench(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
+def bench(
+    weights: Path = typer.Option(WEIGHTS, help="model weights (safetensors)"),
+    repo: Path = typer.Option(REPO, help="Triton model repository to write/read the ONNX stages and configs"),
+) -> None:
     """Print speed ratios measured side by side: DFT-matmul vs torch.fft, onnxruntime vs PyTorch."""
     from hndsr.bench import report
 
@@ -232,23 +232,35 @@ def bench_span(
 
 
 @contextlib.contextmanager
-def _triton(triton: str, weights: Path = WEIGHTS):
-    """Yield a gRPC URL: ``triton`` itself, or that of a bundled server started (and stopped) here."""
+def _server(opts: ServerOptions, log: Path, ready_timeout: float = 300.0) -> Iterator[RunningServer]:
+    """``running_server`` for a command: not ready -> the reason and exit status 1; SIGTERM -> Triton
+    stopped, then exit status 143. Ctrl-C stops Triton and propagates."""
+    from hndsr.serving.server import ServerNotReady, Terminated, running_server
+
+    try:
+        with running_server(opts, log, ready_timeout) as server:
+            yield server
+    except ServerNotReady as exc:
+        typer.echo(f"tritonserver did not become ready: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except Terminated as exc:
+        typer.echo(f"{exc}: tritonserver stopped", err=True)
+        raise typer.Exit(exc.code) from None
+
+
+@contextlib.contextmanager
+def _triton(triton: str, weights: Path = WEIGHTS) -> Iterator[str]:
+    """Yield a gRPC URL: ``triton`` itself, or that of a bundled server started (and stopped) here
+    on free loopback ports."""
     if triton != "auto":
         yield triton
         return
-    from hndsr.serving.server import start_server, stop_server, wait_ready
+    from hndsr.serving.server import free_port
 
     ensure_exported(weights)
-    opts = _options("127.0.0.1", 8100, 8101, 8102, None)
-    log = REPO_ROOT / "runs" / "tritonserver-eval.log"
-    log.parent.mkdir(exist_ok=True)
-    proc = start_server(opts, log)
-    try:
-        wait_ready(opts.host, opts.http_port, 300, proc)
-        yield f"{opts.host}:{opts.grpc_port}"
-    finally:
-        stop_server(proc)
+    opts = _options("127.0.0.1", free_port(), free_port(), free_port(), None)
+    with _server(opts, REPO_ROOT / "runs" / "tritonserver-eval.log") as server:
+        yield server.grpc
 
 
 def _int_list(text: str) -> list[int]:
@@ -266,7 +278,7 @@ def eval_cmd(
     triton_steps: str = typer.Option(f"0,{DEFAULT_STEPS}", help="step counts scored through Triton"),
     out: Path = typer.Option(Path("runs/eval"), help="results.md, results.json and grid.png go here"),
     limit: int | None = typer.Option(None, help="only the first N images"),
-    weights: Path = WEIGHTS,
+    weights: Path = typer.Option(WEIGHTS, help="model weights (safetensors)"),
     grid_sample: bool = typer.Option(True, help="add a crop of the satellite sample (roofs) to the grid"),
     start_timestep: int | None = typer.Option(
         None, help="override the weights' DDIM start timestep in the PyTorch rows (for sweeps)"

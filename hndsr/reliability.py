@@ -13,7 +13,6 @@ soak + determinism -> overload -> deadline -> crash (kill -9 of each stage stub,
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+import typer
 
 from client.triton_client import (
     HNDSRClient,
@@ -943,26 +943,35 @@ def run_suite(profile: Profile, work: Path | None = None, echo: Callable[[str], 
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the CI version (relaxed timing targets)")
-    parser.add_argument("--soak", type=int, help="soak requests after the warm-up (default 300, quick 36)")
-    parser.add_argument("--json", type=Path, help="also write the table and details as JSON")
-    parser.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
-    args = parser.parse_args(argv)
-    profile = QUICK if args.quick else FULL
-    if args.soak:
-        profile.soak_requests = args.soak
-    report = run_suite(profile, args.work)
+app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
+
+
+@app.command()
+def reliability(
+    quick: bool = typer.Option(False, "--quick", help="the CI version (relaxed timing targets)"),
+    soak: int | None = typer.Option(None, help="soak requests after the warm-up (default 300, quick 36)"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the table and details as JSON"),
+    work: Path | None = typer.Option(None, help="work directory (default: a temporary one)"),
+) -> None:
+    """Run every scenario against a fresh hndsr serve and print the table; exit status 1 if a target is missed."""
+    profile = QUICK if quick else FULL
+    if soak:
+        profile.soak_requests = soak
+    report = run_suite(profile, work)
     print(f"\nHNDSR reliability ({profile.name}, {report.details['wall_s']:.0f}s)\n")
     print(report.markdown())
-    if args.json:
-        args.json.write_text(
+    if json_out:
+        json_out.write_text(
             json.dumps({"rows": [asdict(r) for r in report.rows], "details": report.details}, indent=1, default=str)
         )
     if not report.passed:
         print("\nserve log tail:\n" + report.details["serve_log_tail"])
-    sys.exit(0 if report.passed else 1)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``hndsr-reliability`` (its console script)."""
+    app(args=argv, prog_name="hndsr-reliability")
 
 
 if __name__ == "__main__":

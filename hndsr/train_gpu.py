@@ -16,13 +16,14 @@ Continue on CPU with ``hndsr train --init <weights>`` (the phase and step travel
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
+from enum import Enum
 from pathlib import Path
 
 import torch
+import typer
 
 from hndsr.config import TrainConfig
 from hndsr.train import Trainer, diffusion_loss, regression_loss
@@ -39,47 +40,62 @@ def preflight(trainer: Trainer) -> None:
     print("preflight ok:", [round(float(v), 4) for v in losses], flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--val")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--regression-seconds", type=float, default=330)
-    parser.add_argument("--degrid-seconds", type=float, default=60)
-    parser.add_argument("--diffusion-seconds", type=float, default=110)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=7e-4)
-    parser.add_argument("--diffusion-lr", type=float, default=5e-4)
-    parser.add_argument("--max-timestep", type=int, default=TrainConfig.max_timestep)
-    parser.add_argument("--start-timestep", type=int, default=TrainConfig.start_timestep)
-    parser.add_argument("--init", help="start from these weights (fine-tune)")
-    parser.add_argument("--restart-phase", choices=("regression", "degrid", "diffusion"))
-    args = parser.parse_args(argv)
+class Phase(str, Enum):
+    regression = "regression"
+    degrid = "degrid"
+    diffusion = "diffusion"
+
+
+app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
+
+
+@app.command()
+def train(
+    data: str = typer.Option(..., help="training images (e.g. .gpu/data/train, packed by hndsr.data.pack_images)"),
+    val: str | None = typer.Option(None, help="validation images for the quick PSNR log"),
+    out: Path = typer.Option(..., help="hndsr.safetensors, log.csv and train.json go here"),
+    regression_seconds: float = typer.Option(330, help="wall time of phase 1 (encoder+FNO+decoder)"),
+    degrid_seconds: float = typer.Option(60, help="wall time of phase 2 (FNO + decoder, grid penalty)"),
+    diffusion_seconds: float = typer.Option(110, help="wall time of phase 3 (UNet + context head)"),
+    batch: int = typer.Option(64, help="patches per step"),
+    lr: float = typer.Option(7e-4, help="peak learning rate of phase 1"),
+    diffusion_lr: float = typer.Option(5e-4, help="peak learning rate of phase 3"),
+    max_timestep: int = typer.Option(TrainConfig.max_timestep, help="phase 3 trains the UNet on timesteps below this"),
+    start_timestep: int = typer.Option(TrainConfig.start_timestep, help="DDIM start timestep stored in the weights"),
+    init: str | None = typer.Option(None, help="start from these weights (fine-tune)"),
+    restart_phase: Phase | None = typer.Option(None, help="with --init: restart this phase at step 0"),
+) -> None:
+    """One wall-time-bounded training session on a CUDA GPU; results land in --out."""
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this script is for the GPU machine (use `hndsr train` on CPU)")
     work = Path("/tmp/hndsr-train")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(
-        data=args.data,
-        val=args.val,
+        data=data,
+        val=val,
         out=str(work),
         regression_steps=10**9,
         degrid_steps=10**9,
         diffusion_steps=10**9,
-        degrid_seconds=args.degrid_seconds,
-        regression_seconds=args.regression_seconds,
-        diffusion_seconds=args.diffusion_seconds,
-        batch=args.batch,
-        lr=args.lr,
-        diffusion_lr=args.diffusion_lr,
-        max_timestep=args.max_timestep,
-        start_timestep=args.start_timestep,
-        init=args.init,
-        restart_phase=args.restart_phase,
+        degrid_seconds=degrid_seconds,
+        regression_seconds=regression_seconds,
+        diffusion_seconds=diffusion_seconds,
+        batch=batch,
+        lr=lr,
+        diffusion_lr=diffusion_lr,
+        max_timestep=max_timestep,
+        start_timestep=start_timestep,
+        init=init,
+        restart_phase=restart_phase.value if restart_phase else None,
         checkpoint_seconds=60,
         eval_seconds=45,
-        weights_out=str(args.out / "hndsr.safetensors"),
+        weights_out=str(out / "hndsr.safetensors"),
     )
+    run(cfg, out)
+
+
+def run(cfg: TrainConfig, out: Path) -> None:
+    """Train; whatever happens, copy the log and write train.json (GPU, steps, seconds) into ``out``."""
     start = time.time()
     trainer = Trainer(cfg)
     print(f"data on {trainer.device} ({torch.cuda.get_device_name()}) in {time.time() - start:.1f}s", flush=True)
@@ -87,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trainer.run()
     finally:
-        shutil.copy(work / "log.csv", args.out / "log.csv")
+        shutil.copy(Path(cfg.out) / "log.csv", out / "log.csv")
         summary = {
             "gpu": torch.cuda.get_device_name(),
             "torch": torch.__version__,
@@ -96,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
             "wall_s": round(time.time() - start, 1),
             "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         }
-        (args.out / "train.json").write_text(json.dumps(summary, indent=2))
+        (out / "train.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    app()

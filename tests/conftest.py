@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
+import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
 
 from hndsr.models.hndsr import HNDSR
+from hndsr.serving.server import free_port  # noqa: F401 - the tests import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+T = TypeVar("T")
 
 
 def random_model(seed: int = 0) -> HNDSR:
@@ -31,34 +35,56 @@ def model() -> HNDSR:
     return random_model()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# -- processes, for the tests that check nothing is left behind -----------------------------------
+
+
+def live_processes() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (process group, argv) of every process that is not a zombie."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in (b"Z", b"X"):
+            found[int(entry.name)] = (int(fields[3]), argv)
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    return [pid for pid, (group, _) in live_processes().items() if group == pgid]
+
+
+def mentioning(text: str) -> dict[int, str]:
+    """Live processes whose command line mentions ``text`` (e.g. a test's own model repository)."""
+    return {pid: " ".join(argv) for pid, (_, argv) in live_processes().items() if any(text in a for a in argv)}
+
+
+def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.1) -> T | None:
+    """Poll ``condition`` until it returns something truthy (returned) or ``timeout`` passes (None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
 
 
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory) -> dict:
     """A real tritonserver (nvidia-pytriton bundle, CPU) serving this repository on free ports."""
     from hndsr.cli import ensure_exported
-    from hndsr.serving.server import ServerOptions, start_server, stop_server, wait_ready
+    from hndsr.serving.server import ServerOptions, running_server
 
     ensure_exported()
     work = tmp_path_factory.mktemp("triton")
     opts = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), work_dir=work)
-    log = work / "tritonserver.log"
-    proc: subprocess.Popen = start_server(opts, log)
-    try:
-        wait_ready(opts.host, opts.http_port, 300, proc)
-    except Exception:
-        stop_server(proc)
-        print(log.read_text()[-5000:])
-        raise
-    yield {
-        "grpc": f"{opts.host}:{opts.grpc_port}",
-        "http": f"{opts.host}:{opts.http_port}",
-        "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics",
-        "log": log,
-        "proc": proc,
-    }
-    stop_server(proc)
+    with running_server(opts, work / "tritonserver.log") as server:
+        urls = {"grpc": server.grpc, "http": server.http, "metrics": server.metrics}
+        yield {**urls, "log": server.log_path, "proc": server.proc}

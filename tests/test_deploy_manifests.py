@@ -688,32 +688,16 @@ def production_triton(tmp_path_factory) -> dict:
     The shared `triton` fixture's server runs without --metrics-config=summary_latencies=true, so it
     lacks the latency summaries the dashboard and alerts use; this one adds compose.yaml's flags."""
     from hndsr.cli import ensure_exported
-    from hndsr.serving.server import (
-        ServerOptions,
-        prepare_backend_dir,
-        server_command,
-        server_env,
-        stop_server,
-        wait_ready,
-    )
+    from hndsr.serving.server import ServerOptions, running_server
 
     ensure_exported()
     work = tmp_path_factory.mktemp("triton-metrics")
-    opts = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), work_dir=work)
-    log = work / "tritonserver.log"
-    cmd = server_command(opts, prepare_backend_dir(work)) + _metrics_flags()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_ready(opts.host, opts.http_port, 300, proc)
-        with urllib.request.urlopen(f"http://{opts.host}:{opts.metrics_port}/metrics", timeout=30) as resp:
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    opts = ServerOptions(**ports, work_dir=work, extra_args=tuple(_metrics_flags()))
+    with running_server(opts, work / "tritonserver.log") as server:
+        with urllib.request.urlopen(server.metrics, timeout=30) as resp:
             metrics = resp.read().decode()
-        yield {"metrics": metrics, "http": f"{opts.host}:{opts.http_port}"}
-    except Exception:
-        print(log.read_text()[-5000:])
-        raise
-    finally:
-        stop_server(proc)
+        yield {"metrics": metrics, "http": server.http}
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+\S+")

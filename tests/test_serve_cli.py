@@ -1,4 +1,5 @@
-"""`hndsr serve` starts the real tritonserver, reports readiness, and stops cleanly on SIGTERM."""
+"""`hndsr serve` starts the real tritonserver, reports readiness, and stops cleanly on SIGTERM; a
+failing start is a failure status. Every command line of the project explains every option."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ import pytest
 
 from client import HNDSRClient
 
-from .conftest import free_port
-
-pytestmark = pytest.mark.integration
+from .conftest import free_port, mentioning
 
 
+@pytest.mark.integration
 def test_serve_ready_then_sigterm(tmp_path):
     http, grpc, metrics = free_port(), free_port(), free_port()
     cli = Path(sys.executable).parent / "hndsr"
@@ -47,3 +47,45 @@ def test_serve_ready_then_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.integration
+def test_serve_exits_nonzero_when_triton_fails_and_leaves_no_process(tmp_path):
+    """A model repository Triton cannot load: ``hndsr serve`` exits with a failure status, and no
+    tritonserver or stub of that repository is left running."""
+    repo = tmp_path / "models"
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nnot a field\n')
+    cli = Path(sys.executable).parent / "hndsr"
+    ports = [f"--{name}-port={free_port()}" for name in ("http", "grpc", "metrics")]
+    result = subprocess.run(
+        [str(cli), "serve", f"--model-repository={repo}", *ports],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HNDSR_WORK_DIR": str(tmp_path / "work")},
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "before becoming ready" in result.stdout + result.stderr
+    assert mentioning(str(repo)) == {}
+
+
+def _commands(app) -> dict:
+    import typer.main
+
+    command = typer.main.get_command(app)
+    return dict(command.commands) if hasattr(command, "commands") else {command.name: command}
+
+
+def test_every_option_has_help():
+    """``--help`` explains every option and argument of every typer command line."""
+    from hndsr import bench_gpu, cli, reliability, train_gpu
+
+    missing = [
+        f"{module.__name__} {name} {param.name}"
+        for module in (cli, reliability, train_gpu, bench_gpu)
+        for name, command in _commands(module.app).items()
+        for param in command.params
+        if not getattr(param, "help", None)
+    ]
+    assert not missing, missing

@@ -10,13 +10,17 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +138,13 @@ def server_env(opts: ServerOptions | None = None) -> dict[str, str]:
     return env
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for servers started on the side: tests, ``hndsr eval``)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def wait_ready(host: str, http_port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
     url = f"http://{host}:{http_port}/v2/health/ready"
     deadline = time.monotonic() + timeout
@@ -154,14 +165,14 @@ def start_server(opts: ServerOptions, log_file: Path | None = None) -> subproces
     """Start tritonserver in its own process group; the caller waits for readiness."""
     backend_dir = None if opts.tritonserver else prepare_backend_dir(opts.work_dir)
     admission.reset(opts.admission_path())
-    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child process
-    return subprocess.Popen(
-        server_command(opts, backend_dir),
-        env=server_env(opts),
-        stdout=out,
-        stderr=subprocess.STDOUT if out else None,
-        start_new_session=True,
-    )
+    with open(log_file, "ab") if log_file else contextlib.nullcontext() as out:  # the child keeps its own copy
+        return subprocess.Popen(
+            server_command(opts, backend_dir),
+            env=server_env(opts),
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -240,3 +251,126 @@ def remove_stale_regions(regions: dict[str, int], wait_s: float = 5.0) -> int:
                 os.unlink(path)
                 removed += 1
     return removed
+
+
+# -- one lifecycle: start, wait until ready, hand over, always stop --------------------------------
+
+
+class ServerNotReady(RuntimeError):
+    """tritonserver exited or was not ready in time; the message ends with its log's error and last lines."""
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised in the main thread while ``running_server`` holds a server. A
+    ``KeyboardInterrupt``, so whatever stops on Ctrl-C (pytest, Gradio, click) stops on it too."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+        self.code = 128 + signum
+        """The conventional exit status of a process ended by this signal."""
+
+
+def _interruption(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+class _SignalGuard:
+    """In the main thread, while a server is held: SIGTERM raises ``Terminated`` and SIGINT
+    ``KeyboardInterrupt``, once; signals that come while the server starts or stops, or after that
+    first one, wait until it stopped. Handlers a program installed itself (or ignored signals) stay."""
+
+    DEFAULTS = ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler))
+
+    def __init__(self) -> None:
+        self.raising = False
+        self.pending: list[int] = []
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum, default in self.DEFAULTS:
+                if signal.getsignal(signum) is default:
+                    self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if not self.raising:
+            self.pending.append(signum)
+            return
+        self.raising = False
+        raise _interruption(signum)
+
+    def arm(self) -> None:
+        """Raise from now on; at once for a signal that came while the server started."""
+        if self.pending:
+            raise _interruption(self.pending.pop(0))
+        self.raising = True
+
+    def hold(self) -> None:
+        self.raising = False
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if self.pending and exc_type is None:
+            raise _interruption(self.pending[0])  # a signal that came while the server stopped
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A ready tritonserver held by ``running_server``."""
+
+    opts: ServerOptions
+    proc: subprocess.Popen
+    log_path: Path | None
+
+    @property
+    def grpc(self) -> str:
+        return f"{self.opts.host}:{self.opts.grpc_port}"
+
+    @property
+    def http(self) -> str:
+        return f"{self.opts.host}:{self.opts.http_port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://{self.opts.host}:{self.opts.metrics_port}/metrics"
+
+
+_LOG_ERROR = re.compile(r"^(E\d{4} |\[libprotobuf ERROR|error: )")
+
+
+def log_excerpt(log_file: Path | None, errors: int = 20, tail: int = 15) -> str:
+    """tritonserver's error lines and last lines (its settings table would hide the cause)."""
+    if log_file is None or not log_file.exists():
+        return ""
+    lines = [line[:600] for line in log_file.read_text(errors="replace").splitlines()]
+    first = [line for line in lines if _LOG_ERROR.match(line)][:errors]
+    last = [line for line in lines[-tail:] if line not in first]
+    return "\n".join([*first, "...", *last] if first else last)
+
+
+@contextlib.contextmanager
+def running_server(
+    opts: ServerOptions, log_file: Path | None = None, ready_timeout: float = 300.0
+) -> Iterator[RunningServer]:
+    """Start tritonserver, wait until it is ready and yield it; on every way out (the block's end,
+    an exception, a readiness failure, Ctrl-C, SIGTERM as ``Terminated``) stop it and its process
+    group with ``stop_server``. Raises ``ServerNotReady`` when it exits or is not ready in time."""
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    with _SignalGuard() as guard:
+        proc = start_server(opts, log_file)
+        try:
+            guard.arm()
+            try:
+                wait_ready(opts.host, opts.http_port, ready_timeout, proc)
+            except (RuntimeError, TimeoutError) as exc:
+                raise ServerNotReady(f"{exc} (log: {log_file})\n{log_excerpt(log_file)}") from exc
+            yield RunningServer(opts, proc, log_file)
+        finally:
+            try:
+                guard.hold()
+            finally:
+                stop_server(proc)
