@@ -80,6 +80,94 @@ def metadata(url: str | None = URL, protocol: str = PROTOCOL) -> None:
         _fail(exc)
 
 
+SCENE_URL = typer.Option(None, "--url", help="server address, repeatable (round-robin) (default: 127.0.0.1:8001)")
+
+
+@cli.command("upscale-scene")
+def upscale_scene(
+    src: Path = typer.Argument(..., exists=True, help="GeoTIFF (any raster GDAL reads), or a folder of .tif/.tiff"),
+    dst: Path = typer.Argument(..., help="output Cloud-Optimized GeoTIFF (.tif), or a folder when SRC is one"),
+    scale: float = typer.Option(4.0, help="upscaling factor (2 to 8)"),
+    steps: int = typer.Option(DEFAULT_STEPS, help="DDIM steps; 0 = fast deterministic path"),
+    seed: int = typer.Option(0, help="noise seed (each chunk gets its own seed derived from it)"),
+    eta: float = typer.Option(0.0, help="DDIM eta"),
+    url: list[str] | None = SCENE_URL,
+    protocol: str = PROTOCOL,
+    workers: int | None = typer.Option(None, help="chunks in flight at once (default: 2 per --url)"),
+    chunk: int | None = typer.Option(None, help="LR pixels per chunk side (default: 512, less at scales > 7.8)"),
+    overlap: int = typer.Option(16, help="LR pixels shared by neighbouring chunks (blended)"),
+    value_range: tuple[float, float] | None = typer.Option(
+        None, "--range", help="LO HI: stretch of non-8-bit input (default: 2-98 % percentiles per band)"
+    ),
+    tries: int = typer.Option(5, help="attempts per chunk (exponential back-off, next endpoint)"),
+    timeout: float = typer.Option(900.0, help="client timeout per chunk request in seconds"),
+    fresh: bool = typer.Option(False, help="discard chunks of an interrupted run instead of resuming it"),
+    quiet: bool = typer.Option(False, help="no progress bar or messages"),
+) -> None:
+    """Super-resolve a whole scene (or every .tif/.tiff of a folder) chunk by chunk into a COG."""
+    from client.scene import SceneError, SceneOptions, upscale_folder
+    from client.scene import upscale_scene as run_scene
+
+    options = SceneOptions(
+        scale=scale,
+        steps=steps,
+        seed=seed,
+        eta=eta,
+        chunk=chunk,
+        overlap=overlap,
+        workers=workers,
+        value_range=tuple(value_range) if value_range and None not in value_range else None,
+        tries=tries,
+        protocol=protocol,
+        timeout_s=timeout,
+        fresh=fresh,
+        quiet=quiet,
+    )
+    urls = list(url) if url else ["127.0.0.1:8001" if protocol == "grpc" else "127.0.0.1:8000"]
+    done = (lambda report: None) if quiet else (lambda report: typer.echo(report.summary()))
+    try:
+        if src.is_dir():
+            upscale_folder(src, dst, urls, options, on_done=done)
+        else:
+            done(run_scene(src, dst, urls, options))
+    except (SceneError, ValueError, HNDSRError, OSError) as exc:
+        _fail(exc)
+
+
+@cli.command("bench-scene")
+def bench_scene(
+    size: int = typer.Option(4000, help="LR scene side in pixels"),
+    scale: float = typer.Option(4.0, help="upscaling factor"),
+    steps: int = typer.Option(0, help="DDIM steps of the scene run"),
+    url: list[str] | None = SCENE_URL,
+    workers: int | None = typer.Option(None, help="chunks in flight (default: 2 per --url)"),
+    chunk: int | None = typer.Option(None, help="LR pixels per chunk side (default: 512)"),
+    compare_size: int = typer.Option(1000, help="side of the image sent both whole and chunked (must fit whole)"),
+    compare_steps: list[int] | None = typer.Option(None, help="steps of the whole-vs-chunked runs (repeatable)"),
+    image: Path = typer.Option(None, exists=True, help="image tiled into the scene (default: the demo sample)"),
+) -> None:
+    """Benchmark scene mode: output MP/s, client peak RSS, chunking overhead and difference."""
+    from client import scene_bench
+
+    urls = list(url) if url else ["127.0.0.1:8001"]
+    try:
+        result = scene_bench.run(
+            urls,
+            size,
+            scale,
+            steps,
+            workers,
+            chunk,
+            compare_size=compare_size,
+            compare_steps=list(compare_steps) if compare_steps else None,
+            image_path=image or scene_bench.DEMO,
+            echo=typer.echo,
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result))
+
+
 def main() -> None:
     cli()
 
