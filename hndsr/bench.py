@@ -79,9 +79,9 @@ def speed_vs_span(
     Each side runs over every image once to warm up, then ``repeats`` more times in turn; the
     faster of its timed passes counts.
     """
-    from client.triton_client import HNDSRClient
     from hndsr.baselines import SPAN_MODELS, SpanNcnn
     from hndsr.evaluate import load_pairs
+    from hndsr_client.triton_client import HNDSRClient
 
     if scale not in SPAN_MODELS:
         raise ValueError(f"SPAN has weights for scales {sorted(SPAN_MODELS)} only")

@@ -24,7 +24,7 @@ SAMPLE = Path(__file__).resolve().parent / "assets" / "laodong_peninsula.avif"
 
 def ensure_exported(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
     """Export the stage ONNX files unless they already match the weights."""
-    from export.export_onnx import export_all, is_current
+    from hndsr.export import export_all, is_current
 
     if not is_current(repo, weights):
         typer.echo(f"exporting ONNX from {weights} ...")
@@ -102,8 +102,8 @@ def demo(
 
 
 def _upscale(url: str, src: Path, dst: Path, scale: float, steps: int, seed: int) -> None:
-    from client.triton_client import HNDSRClient
-    from hndsr.image_io import read_rgb, write_rgb
+    from hndsr_client.image_io import read_rgb, write_rgb
+    from hndsr_client.triton_client import HNDSRClient
 
     with HNDSRClient(url) as client:
         result = client.upscale(read_rgb(src), scale=scale, steps=steps, seed=seed)
@@ -119,7 +119,7 @@ def up(
     ui_port: int = typer.Option(7860, help="port of the web UI"),
 ) -> None:
     """Start Triton (CPU) and the web UI together; Ctrl-C stops both."""
-    from ui.app import launch
+    from hndsr_ui.app import launch
 
     ensure_exported()
     opts = _options(host, 8000, 8001, 8002, None)
@@ -138,7 +138,7 @@ def export(
     repo: Path = typer.Option(REPO, help="Triton model repository to write/read the ONNX stages and configs"),
 ) -> None:
     """Export every stage to ONNX, check parity with PyTorch, write the configs."""
-    from export.export_onnx import export_all
+    from hndsr.export import export_all
 
     export_all(weights, repo)
 
@@ -285,9 +285,10 @@ def eval_cmd(
     ),
 ) -> None:
     """Score HNDSR (PyTorch and Triton) against bicubic and SPAN on the same crops."""
+    from hndsr.degradation import bicubic_downscale
     from hndsr.evaluate import Pair, evaluate
-    from hndsr.image_io import bicubic_downscale, read_rgb
     from hndsr.models.hndsr import HNDSR
+    from hndsr_client.image_io import read_rgb
 
     model = HNDSR.load(weights)
     if start_timestep is not None:

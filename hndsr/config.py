@@ -4,38 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LATENT_FACTOR = 4
-"""HR pixels per latent cell along each axis."""
+# The served interface's facts (request limits, defaults, canvas tiling) live with the client,
+# which the server depends on: one definition for both sides.
+from hndsr_client.interface import (  # noqa: E402, F401
+    DEFAULT_SCALE,
+    DEFAULT_STEPS,
+    LATENT_FACTOR,
+    MAX_OUTPUT_PIXELS,
+    MIN_INPUT_SIDE,
+    SCALE_MAX,
+    SCALE_MIN,
+    STEPS_MAX,
+    TILE,
+    TILE_OVERLAP,
+    Limits,
+)
+
 LATENT_CHANNELS = 48
 """As many latent channels as pixels in a 4x4 cell: the autoencoder need not compress."""
 CONTEXT_CHANNELS = 16
-
-TILE = 208
-"""HR tile edge fed to the exported stage models (fixed shape for ONNX/TensorRT). 208 = 192 + 16:
-a 400x400 output (a 100x100 LR tile at 4x) needs 2x2 tiles with 8% overlap work."""
-TILE_OVERLAP = 16
-"""HR pixels shared by neighbouring tiles, blended with a Hann ramp."""
 LATENT_TILE = TILE // LATENT_FACTOR
-
-SCALE_MIN = 2.0
-SCALE_MAX = 8.0
-STEPS_MAX = 50
-DEFAULT_SCALE = 4.0
-DEFAULT_STEPS = 2
-"""Default DDIM steps of the generative path (README: step/start sweep on val/TEAK)."""
-MIN_INPUT_SIDE = 8
-MAX_OUTPUT_PIXELS = 16_000_000
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Request limits enforced before any heavy work."""
-
-    scale_min: float = SCALE_MIN
-    scale_max: float = SCALE_MAX
-    steps_max: int = STEPS_MAX
-    min_input_side: int = MIN_INPUT_SIDE
-    max_output_pixels: int = MAX_OUTPUT_PIXELS
 
 
 @dataclass

@@ -11,8 +11,8 @@ from PIL import Image
 from torch.nn import functional as F
 
 from hndsr.config import SCALE_MAX, SCALE_MIN
-from hndsr.image_io import IMAGE_SUFFIXES, read_rgb
 from hndsr.imaging import upsample
+from hndsr_client.image_io import IMAGE_SUFFIXES, read_rgb
 
 ANCHOR_SCALES = (2.0, 3.0, 4.0, 4.0, 4.0, 8.0)
 """4x (the main use) weighted three times."""

@@ -20,10 +20,11 @@ from tqdm import tqdm
 
 from hndsr.baselines import SPAN_MODELS, SpanNcnn, bicubic
 from hndsr.data import list_images
-from hndsr.image_io import bicubic_downscale, read_rgb
+from hndsr.degradation import bicubic_downscale
 from hndsr.metrics import haarpsi, periodic_ratio, psnr_y, ssim_y
 from hndsr.niqe import DEFAULT_PARAMS, niqe
 from hndsr.pipeline import Sampling, SRParams, TorchRunner, super_resolve
+from hndsr_client.image_io import read_rgb
 
 
 @dataclass
@@ -97,7 +98,7 @@ def autoencode(model, hr: np.ndarray) -> np.ndarray:
 
 
 def triton_upscaler(url: str, scale: int, steps: int, seed: int = 0) -> Upscaler:
-    from client.triton_client import HNDSRClient
+    from hndsr_client.triton_client import HNDSRClient
 
     client = HNDSRClient(url)
 

@@ -18,9 +18,10 @@ from torch.nn import functional as F
 from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
 from hndsr.degrid import remove_grid_pattern
 from hndsr.diffusion import DDIMScheduler
-from hndsr.image_io import output_size
 from hndsr.imaging import to_uint8, upsample
 from hndsr.tiling import TilePlan
+from hndsr_client.image_io import output_size
+from hndsr_client.interface import ETA
 
 
 class StageRunner(Protocol):
@@ -88,8 +89,8 @@ def validate(shape: tuple[int, ...], dtype: str, params: SRParams, limits: Limit
         raise InvalidRequest(f"SCALE must be in [{limits.scale_min:g}, {limits.scale_max:g}], got {params.scale:g}")
     if not 0 <= params.steps <= limits.steps_max:
         raise InvalidRequest(f"STEPS must be in [0, {limits.steps_max}], got {params.steps}")
-    if not (math.isfinite(params.eta) and 0.0 <= params.eta <= 1.0):
-        raise InvalidRequest(f"ETA must be in [0, 1], got {params.eta:g}")
+    if message := ETA.out_of_range(params.eta):
+        raise InvalidRequest(message)
     out_h, out_w = output_size(shape[0], shape[1], params.scale)
     if out_h * out_w > limits.max_output_pixels:
         raise InvalidRequest(

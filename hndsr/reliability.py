@@ -36,7 +36,10 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import typer
 
-from client.triton_client import (
+from hndsr.serving.admission import Admission
+from hndsr.serving.server import Stub, stub_processes
+from hndsr_client.interface import INPUTS, request_arrays
+from hndsr_client.triton_client import (
     HNDSRClient,
     HNDSRError,
     InvalidInputError,
@@ -44,8 +47,6 @@ from client.triton_client import (
     RequestTimeoutError,
     ServerUnavailableError,
 )
-from hndsr.serving.admission import Admission
-from hndsr.serving.server import Stub, stub_processes
 
 STAGES = ("encoder", "prior", "unet", "decoder")
 
@@ -453,14 +454,10 @@ class SoakWorker:
     def _cancel(self, spec: dict) -> tuple[str, str, str | None]:
         image = _image(96, 96, spec["seed"] % 97)
         inputs = []
-        for name, value, dt in (
-            ("IMAGE", image, "UINT8"),
-            ("SCALE", np.array([4.0], np.float32), "FP32"),
-            ("STEPS", np.array([8], np.int32), "INT32"),
-            ("SEED", np.array([spec["seed"]], np.int64), "INT64"),
-        ):
-            t = grpcclient.InferInput(name, list(value.shape), dt)
-            t.set_data_from_numpy(value)
+        arrays = request_arrays(image, scale=4.0, steps=8, seed=spec["seed"], eta=0.0)
+        for spec_t in INPUTS:
+            t = grpcclient.InferInput(spec_t.name, list(arrays[spec_t.name].shape), spec_t.datatype)
+            t.set_data_from_numpy(arrays[spec_t.name])
             inputs.append(t)
         done = threading.Event()
         box: dict = {}

@@ -34,8 +34,8 @@ from torch.nn import functional as F
 
 from hndsr.config import TrainConfig
 from hndsr.data import PatchBank, load_images
+from hndsr.degradation import bicubic_downscale
 from hndsr.diffusion import DDIMScheduler
-from hndsr.image_io import bicubic_downscale
 from hndsr.imaging import to_tensor, upsample
 from hndsr.metrics import periodic_ratio, psnr_y
 from hndsr.models.hndsr import HNDSR

@@ -10,15 +10,15 @@ import time
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from client.triton_client import (
+from hndsr.serving.admission import DRAINING, OVERLOADED, Admission, Refusal, Ticket, reset
+from hndsr.serving.supervisor import parse_progress
+from hndsr_client.triton_client import (
     InvalidInputError,
     OverloadedError,
     RequestTimeoutError,
     ServerUnavailableError,
     _map_error,
 )
-from hndsr.serving.admission import DRAINING, OVERLOADED, Admission, Refusal, Ticket, reset
-from hndsr.serving.supervisor import parse_progress
 
 
 @pytest.fixture
@@ -152,14 +152,14 @@ def test_client_maps_server_errors(status, message, expected):
 
 def test_ui_says_overloaded_retry_later():
     pytest.importorskip("gradio")
-    from ui.app import user_message
+    from hndsr_ui.app import user_message
 
     text = user_message(_map_error(InferenceServerException("server overloaded: ...; retry later", "503")))
     assert text.startswith("Server overloaded, retry later")
 
 
 def test_load_test_concurrency_levels():
-    from client.load_test import _levels
+    from hndsr_client.load_test import _levels
 
     assert _levels("1:2") == [1, 2] and _levels("3") == [3] and _levels("1:8:2") == [1, 3, 5, 7]
 

@@ -172,7 +172,7 @@ def test_committed_configs_parse_as_triton_model_config(model, variant):
 def test_committed_model_repository_is_what_export_generates(tmp_path):
     """Every config and model.py in model_repository/ is what ``hndsr export`` writes today, so a
     change to the generating code without a re-export fails here."""
-    from export.export_onnx import write_configs
+    from hndsr.export import write_configs
     from hndsr.models.hndsr import HNDSR
 
     model = HNDSR.load(ROOT / "weights" / "hndsr.safetensors")

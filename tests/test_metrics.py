@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hndsr.image_io import read_rgb
 from hndsr.metrics import haarpsi, periodic_ratio, psnr_y
+from hndsr_client.image_io import read_rgb
 
 from .conftest import FIXTURES
 

@@ -3,7 +3,7 @@
 import onnx
 import pytest
 
-from export.export_onnx import OPSET, export_stage, parity
+from hndsr.export import OPSET, export_stage, parity
 from hndsr.models.hndsr import STAGES
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from hndsr.config import Limits
-from hndsr.image_io import read_rgb
 from hndsr.pipeline import InvalidRequest, Sampling, SRParams, TorchRunner, canvas_plan, super_resolve, validate
+from hndsr_client.image_io import read_rgb
 
 from .conftest import FIXTURES
 

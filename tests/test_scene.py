@@ -1,4 +1,4 @@
-"""Scene mode (client/scene.py): chunk plan, blend, georeferencing; against real servers."""
+"""Scene mode (hndsr_client/scene.py): chunk plan, blend, georeferencing; against real servers."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from affine import Affine
 from rasterio.enums import Resampling
 from typer.testing import CliRunner
 
-from client import HNDSRClient, ServerUnavailableError
-from client.cli import cli
-from client.georaster import Stretch, scaled_transform
-from client.scene import (
+from hndsr.config import LATENT_FACTOR, MAX_OUTPUT_PIXELS
+from hndsr_client import HNDSRClient, ServerUnavailableError
+from hndsr_client.cli import cli
+from hndsr_client.georaster import Stretch, scaled_transform
+from hndsr_client.image_io import read_rgb
+from hndsr_client.scene import (
     SERVER_TILE_STRIDE,
     ChunkStore,
     SceneError,
@@ -29,8 +31,6 @@ from client.scene import (
     plan_chunks,
     upscale_scene,
 )
-from hndsr.config import LATENT_FACTOR, MAX_OUTPUT_PIXELS
-from hndsr.image_io import read_rgb
 
 from .conftest import ROOT, free_port
 

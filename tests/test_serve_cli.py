@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from client import HNDSRClient
+from hndsr_client import HNDSRClient
 
 from .conftest import free_port, mentioning
 

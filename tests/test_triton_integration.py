@@ -14,9 +14,9 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from client import HNDSRClient, InvalidInputError
-from hndsr.image_io import read_rgb
 from hndsr.pipeline import canvas_plan
+from hndsr_client import HNDSRClient, InvalidInputError
+from hndsr_client.image_io import read_rgb
 
 from .conftest import FIXTURES
 
@@ -153,7 +153,7 @@ def test_client_cli_reads_avif_and_writes_png(triton, tmp_path):
         [
             sys.executable,
             "-m",
-            "client.cli",
+            "hndsr_client.cli",
             "upscale",
             str(FIXTURES / "laodong_crop.avif"),
             str(out),
@@ -174,7 +174,7 @@ def test_client_cli_reads_avif_and_writes_png(triton, tmp_path):
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["scale"] == 2.0
     health = subprocess.run(
-        [sys.executable, "-m", "client.cli", "health", "--url", triton["http"], "--protocol", "http"],
+        [sys.executable, "-m", "hndsr_client.cli", "health", "--url", triton["http"], "--protocol", "http"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -200,7 +200,7 @@ def test_perf_analyzer_load_test(triton, tmp_path):
 
     It checks that load testing works, not the machine's speed: a fixed request count per level
     (no stability criterion, which a busy machine fails with "Failed to obtain stable measurement")."""
-    from client.load_test import run
+    from hndsr_client.load_test import run
 
     image = read_rgb(FIXTURES / "teak_2.png")[:32, :32].copy()
     rows = run(triton["grpc"], image, 2.0, 0, "1:2", 3, tmp_path / "perf.csv", request_count=6)

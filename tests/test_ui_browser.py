@@ -17,7 +17,7 @@ from .conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 ARTIFACTS = ROOT / "artifacts"
-EXAMPLES = ROOT / "ui" / "examples"
+EXAMPLES = ROOT / "ui" / "hndsr_ui" / "examples"
 
 
 def _chromium() -> str:
@@ -40,7 +40,7 @@ def ui_url(triton, tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "ui.app",
+            "hndsr_ui.app",
             "--grpc",
             triton["grpc"],
             "--http",
@@ -126,10 +126,13 @@ def test_upscale_in_browser(page, tmp_path):
         page.locator("#download").click()
     path = tmp_path / dl.value.suggested_filename
     dl.value.save_as(path)
-    from hndsr.geotiff import read_georeference
+    import rasterio
 
-    assert Image.open(path).size == (640, 640)
-    assert read_georeference(path).tags[33550][:2] == pytest.approx((0.025, 0.025))
+    with rasterio.open(path) as ds, rasterio.open(EXAMPLES / "teak_043_crop.tif") as src:
+        assert (ds.width, ds.height) == (640, 640)
+        assert ds.crs == src.crs and ds.crs is not None
+        assert (ds.transform.a, -ds.transform.e) == pytest.approx((0.025, 0.025))
+        assert (ds.transform.c, ds.transform.f) == pytest.approx((src.transform.c, src.transform.f))
 
 
 def test_progress_bar_follows_server_steps(page):
@@ -173,7 +176,7 @@ def test_server_down_message(browser):
         [
             sys.executable,
             "-m",
-            "ui.app",
+            "hndsr_ui.app",
             "--grpc",
             dead,
             "--http",

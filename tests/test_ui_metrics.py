@@ -1,4 +1,4 @@
-from ui.triton_metrics import markdown, summary
+from hndsr_ui.triton_metrics import markdown, summary
 
 TEXT = """# HELP nv_inference_request_success Number of successful inference requests
 # TYPE nv_inference_request_success counter

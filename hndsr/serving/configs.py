@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from hndsr.config import MAX_OUTPUT_PIXELS
 from hndsr.pipeline import Sampling
 from hndsr.serving.admission import (
     CORE_INSTANCES,
@@ -13,6 +12,7 @@ from hndsr.serving.admission import (
     FRONT_INSTANCES,
 )
 from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS, TensorSpec
+from hndsr_client.interface import INPUTS, MAX_OUTPUT_PIXELS, OUTPUTS, STREAM_OUTPUTS, Tensor
 
 TRT_OPT_BATCH = 64
 """Batch size TensorRT optimises for (profile min 1, opt this, max ``MAX_BATCH`` tiles); the same
@@ -88,19 +88,11 @@ def stage_config(stage: str, variant: str) -> str:
     return body
 
 
-_IO = (
-    "input [\n"
-    '  { name: "IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] },\n'
-    '  { name: "SCALE" data_type: TYPE_FP32 dims: [ 1 ] optional: true },\n'
-    '  { name: "STEPS" data_type: TYPE_INT32 dims: [ 1 ] optional: true },\n'
-    '  { name: "SEED" data_type: TYPE_INT64 dims: [ 1 ] optional: true },\n'
-    '  { name: "ETA" data_type: TYPE_FP32 dims: [ 1 ] optional: true }@CONTROL@\n'
-    "]\n"
-    "output [\n"
-    '  { name: "SR_IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] },\n'
-    '  { name: "INFO" data_type: TYPE_STRING dims: [ 1 ] }@PROGRESS@\n'
-    "]\n"
-)
+def _io(extra_inputs: tuple[str, ...] = (), outputs: tuple[Tensor, ...] = OUTPUTS) -> str:
+    """The front/core models' input and output blocks, from ``hndsr_client.interface``."""
+    ins = [f"  {t.config_entry()}" for t in INPUTS] + [f"  {e}" for e in extra_inputs]
+    outs = [f"  {t.config_entry()}" for t in outputs]
+    return "input [\n" + ",\n".join(ins) + "\n]\noutput [\n" + ",\n".join(outs) + "\n]\n"
 
 
 def orchestrator_config(variant: str, sampling: Sampling, model_version: str, stream: bool = False) -> str:
@@ -113,11 +105,10 @@ def orchestrator_config(variant: str, sampling: Sampling, model_version: str, st
         "trt": "fp16 (TensorRT plans, FNO spectral layers fp32)",
     }[variant]
     name = "hndsr_stream" if stream else "hndsr"
-    progress = ',\n  { name: "PROGRESS" data_type: TYPE_INT32 dims: [ 2 ] }' if stream else ""
     policy = "model_transaction_policy { decoupled: true }\n" if stream else ""
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
-        + _IO.replace("@CONTROL@", "").replace("@PROGRESS@", progress)
+        + _io(outputs=STREAM_OUTPUTS if stream else OUTPUTS)
         + policy
         # Admitted requests wait (queued or running) in front instances, and two more are always
         # free to refuse excess requests at once: Triton's own queue stays empty.
@@ -145,10 +136,9 @@ def core_config(variant: str) -> str:
     (JSON from the front), one instance per request allowed to run at once. It holds nothing
     that depends on the weights (the front passes the sampling constants), so it never goes stale."""
     kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
-    control = ',\n  { name: "CONTROL" data_type: TYPE_STRING dims: [ 1 ] }'
     return (
         'name: "hndsr_core"\nbackend: "python"\nmax_batch_size: 0\n'
-        + _IO.replace("@CONTROL@", control).replace("@PROGRESS@", "")
+        + _io(extra_inputs=('{ name: "CONTROL" data_type: TYPE_STRING dims: [ 1 ] }',))
         + f"instance_group [ {{ count: {CORE_INSTANCES} kind: {kind} }} ]\n"
         + _parameters({"stage_retry_s": f"{DEFAULT_STAGE_RETRY_S:g}"})
     )

@@ -23,10 +23,10 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
-from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, Limits
 from hndsr.pipeline import Cancelled, InvalidRequest, Sampling, SRParams, super_resolve, validate
 from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, Admission
 from hndsr.serving.bls import BLSRunner
+from hndsr_client.interface import ETA, SCALE, SEED, STEPS, Limits
 
 
 def _scalar(request, name: str, default):
@@ -111,10 +111,10 @@ class TritonPythonModel:
         sampling = Sampling(float(control["residual_scale"]), int(control["start_timestep"]))
         limits = Limits(max_output_pixels=int(control.get("max_output_pixels", Limits.max_output_pixels)))
         params = SRParams(
-            scale=float(_scalar(request, "SCALE", DEFAULT_SCALE)),
-            steps=int(_scalar(request, "STEPS", DEFAULT_STEPS)),
-            seed=int(_scalar(request, "SEED", 0)),
-            eta=float(_scalar(request, "ETA", 0.0)),
+            scale=float(_scalar(request, SCALE.name, SCALE.default)),
+            steps=int(_scalar(request, STEPS.name, STEPS.default)),
+            seed=int(_scalar(request, SEED.name, SEED.default)),
+            eta=float(_scalar(request, ETA.name, ETA.default)),
         )
         tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE")
         validate(tuple(int(d) for d in tensor.shape()), "uint8", params, limits)  # Triton enforced UINT8

@@ -1,4 +1,4 @@
-"""Image file I/O (numpy + Pillow only, so the thin client and the UI need no torch)."""
+"""Image file I/O for the client, the UI and the server (numpy + Pillow only: no torch)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,3 @@ def write_rgb(path: str | Path, image: np.ndarray) -> None:
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """SR output size for an LR input: round(s*H) x round(s*W)."""
     return int(round(scale * height)), int(round(scale * width))
-
-
-def bicubic_downscale(hr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The reference degradation: PIL bicubic resize of uint8 HR to (height, width)."""
-    return np.array(Image.fromarray(hr).resize((size[1], size[0]), Image.BICUBIC))

@@ -7,7 +7,6 @@ CPU machine it needs Debian's ``libb64-0d`` and ``libcudart.so.12`` (PyPI
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import json
@@ -19,8 +18,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import typer
 
-from hndsr.image_io import read_rgb
+from hndsr_client.image_io import read_rgb
+from hndsr_client.interface import DEFAULT_PORTS, DEFAULT_SCALE
 
 
 def perf_analyzer_path() -> str:
@@ -151,35 +152,41 @@ def _perf_analyzer(
         return list(csv.DictReader(f))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("image", type=Path, help="LR input image")
-    parser.add_argument("--url", default="127.0.0.1:8001")
-    parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
-    parser.add_argument("--scale", type=float, default=4.0)
-    parser.add_argument("--steps", type=int, default=0)
-    parser.add_argument("--concurrency", default="1:2", help="perf_analyzer --concurrency-range")
-    parser.add_argument("--requests", type=int, default=10, help="requests per measurement window")
-    parser.add_argument("--stability", type=float, default=10.0, help="perf_analyzer --stability-percentage")
-    parser.add_argument("--max-trials", type=int, default=10, help="perf_analyzer --max-trials")
-    parser.add_argument(
-        "--request-count", type=int, help="measure exactly this many requests per level (no stability criterion)"
-    )
-    parser.add_argument("--csv", type=Path, default=Path("runs/perf_analyzer.csv"))
-    args = parser.parse_args(argv)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
+def main() -> None:
+    typer.run(_main)
+
+
+def _main(
+    image: Path = typer.Argument(..., exists=True, help="LR input image"),
+    url: str = typer.Option(f"127.0.0.1:{DEFAULT_PORTS['grpc']}", help="Triton address (gRPC or HTTP port)"),
+    protocol: str = typer.Option("grpc", help="grpc or http"),
+    scale: float = typer.Option(DEFAULT_SCALE, help="upscaling factor"),
+    steps: int = typer.Option(0, help="DDIM steps (0 = the fast deterministic path)"),
+    concurrency: str = typer.Option("1:2", help="perf_analyzer --concurrency-range"),
+    requests: int = typer.Option(10, help="requests per measurement window"),
+    stability: float = typer.Option(10.0, help="perf_analyzer --stability-percentage"),
+    max_trials: int = typer.Option(10, help="perf_analyzer --max-trials"),
+    request_count: int | None = typer.Option(
+        None, help="measure exactly this many requests per level (no stability criterion)"
+    ),
+    csv_path: Path = typer.Option(Path("runs/perf_analyzer.csv"), "--csv", help="where the full CSV goes"),
+) -> None:
+    """Load-test the hndsr model with perf_analyzer and print throughput and latency per concurrency."""
+    if protocol not in ("grpc", "http"):
+        raise typer.BadParameter("must be grpc or http", param_hint="--protocol")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
     rows = run(
-        args.url,
-        read_rgb(args.image),
-        args.scale,
-        args.steps,
-        args.concurrency,
-        args.requests,
-        args.csv,
-        args.protocol,
-        args.request_count,
-        args.stability,
-        args.max_trials,
+        url,
+        read_rgb(image),
+        scale,
+        steps,
+        concurrency,
+        requests,
+        csv_path,
+        protocol,
+        request_count,
+        stability,
+        max_trials,
     )
     print("| concurrency | inferences/s | p50 latency (ms) | p90 (ms) | p99 (ms) |")
     print("|---|---|---|---|---|")
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {row['Concurrency']} | {float(row['Inferences/Second']):.2f} | {int(row['p50 latency']) / 1000:.0f} "
             f"| {int(row['p90 latency']) / 1000:.0f} | {int(row['p99 latency']) / 1000:.0f} |"
         )
-    print(f"full CSV: {args.csv}")
+    print(f"full CSV: {csv_path}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Thin Triton client for the ``hndsr`` model (gRPC by default, HTTP too)."""
 
-from client.triton_client import (
+from hndsr_client.triton_client import (
     HNDSRClient,
     HNDSRError,
     InvalidInputError,

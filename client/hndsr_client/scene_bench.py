@@ -20,9 +20,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from client.scene import DEFAULT_OVERLAP, SceneOptions, upscale_scene
-from client.triton_client import HNDSRClient
-from hndsr.image_io import read_rgb
+from hndsr_client.image_io import read_rgb
+from hndsr_client.scene import DEFAULT_OVERLAP, SceneOptions, upscale_scene
+from hndsr_client.triton_client import HNDSRClient
 
 DEMO = Path(__file__).resolve().parent.parent / "hndsr" / "assets" / "laodong_peninsula.avif"
 STRIPE = 256
@@ -160,7 +160,7 @@ def run(
 def main() -> None:
     import sys
 
-    from client.cli import cli
+    from hndsr_client.cli import cli
 
     cli(["bench-scene", *sys.argv[1:]])
 

@@ -40,7 +40,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from client.georaster import (
+from hndsr_client.georaster import (
     SceneInputError,
     SceneSource,
     Stretch,
@@ -51,8 +51,8 @@ from client.georaster import (
     restore_nodata,
     write_cog,
 )
-from client.triton_client import HNDSRClient, HNDSRError, InvalidInputError
-from hndsr.config import DEFAULT_STEPS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
+from hndsr_client.interface import DEFAULT_STEPS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
+from hndsr_client.triton_client import HNDSRClient, HNDSRError, InvalidInputError
 
 DEFAULT_CHUNK = 512
 """LR pixels per chunk side, at most (trimmed so that the chunk stride is a whole number of server

@@ -14,10 +14,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from hndsr.config import DEFAULT_STEPS
+from hndsr_client.interface import DEFAULT_SCALE, DEFAULT_STEPS, INPUTS, MODEL, STREAM_MODEL, request_arrays
 
-MODEL = "hndsr"
-STREAM_MODEL = "hndsr_stream"
 GRPC_MAX_MESSAGE = 2**31 - 1
 """gRPC's 4 MB default is far below a 16 MP RGB result (48 MB); allow up to 2 GiB."""
 
@@ -42,7 +40,7 @@ class RequestTimeoutError(HNDSRError):
     """The request did not finish within the client timeout."""
 
 
-_FIELD_ERROR = re.compile(r"^(IMAGE|SCALE|STEPS|SEED|ETA)\b|exceeds the limit|unexpected shape|data-type")
+_FIELD_ERROR = re.compile(rf"^({'|'.join(t.name for t in INPUTS)})\b|exceeds the limit|unexpected shape|data-type")
 
 
 _UNAVAILABLE = re.compile(
@@ -151,16 +149,10 @@ class HNDSRClient:
         return tensor
 
     def _request(self, image: np.ndarray, scale: float, steps: int, seed: int, eta: float) -> list:
-        image = np.ascontiguousarray(image)
-        if image.dtype != np.uint8:
-            raise InvalidInputError(f"IMAGE must be uint8, got {image.dtype}")
-        return [
-            self._input("IMAGE", image, "UINT8"),
-            self._input("SCALE", np.array([scale], dtype=np.float32), "FP32"),
-            self._input("STEPS", np.array([steps], dtype=np.int32), "INT32"),
-            self._input("SEED", np.array([seed], dtype=np.int64), "INT64"),
-            self._input("ETA", np.array([eta], dtype=np.float32), "FP32"),
-        ]
+        if np.asarray(image).dtype != np.uint8:
+            raise InvalidInputError(f"IMAGE must be uint8, got {np.asarray(image).dtype}")
+        arrays = request_arrays(image, scale, steps, seed, eta)
+        return [self._input(t.name, arrays[t.name], t.datatype) for t in INPUTS]
 
     def _deadline(self) -> dict:
         return {"timeout": int(self.deadline_s * 1e6)} if self.deadline_s else {}
@@ -171,7 +163,12 @@ class HNDSRClient:
         return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
     def upscale(
-        self, image: np.ndarray, scale: float = 4.0, steps: int = DEFAULT_STEPS, seed: int = 0, eta: float = 0.0
+        self,
+        image: np.ndarray,
+        scale: float = DEFAULT_SCALE,
+        steps: int = DEFAULT_STEPS,
+        seed: int = 0,
+        eta: float = 0.0,
     ) -> UpscaleResult:
         """Super-resolve a uint8 RGB image. Raises one of the ``HNDSRError`` subclasses."""
         inputs = self._request(image, scale, steps, seed, eta)
@@ -188,7 +185,7 @@ class HNDSRClient:
     def upscale_streaming(
         self,
         image: np.ndarray,
-        scale: float = 4.0,
+        scale: float = DEFAULT_SCALE,
         steps: int = DEFAULT_STEPS,
         seed: int = 0,
         eta: float = 0.0,

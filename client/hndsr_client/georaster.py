@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.crs
+import rasterio.errors
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.fill import fillnodata
@@ -254,3 +256,37 @@ def write_cog(assembled: Path, dst: Path, tags: dict[str, str], blocksize: int =
         NUM_THREADS="ALL_CPUS",
     )
     shutil.move(tmp, dst)
+
+
+@dataclass(frozen=True)
+class GeoReference:
+    """Where an image sits on the ground: its CRS and pixel-to-map transform (rasterio's)."""
+
+    crs: rasterio.crs.CRS | None
+    transform: Affine
+
+    def resampled(self, fx: float, fy: float) -> GeoReference:
+        """The same ground area on a grid ``fx`` times finer along x and ``fy`` along y."""
+        return GeoReference(self.crs, self.transform * Affine.scale(1 / fx, 1 / fy))
+
+
+def read_georeference(path: str | Path) -> GeoReference | None:
+    """The georeference of a GeoTIFF, or None when ``path`` is not a georeferenced raster."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with rasterio.open(path) as ds:
+            if ds.crs is None and ds.transform.is_identity:
+                return None
+            return GeoReference(ds.crs, ds.transform)
+    except rasterio.errors.RasterioIOError:
+        return None
+
+
+def write_georeferenced(path: str | Path, image: np.ndarray, geo: GeoReference) -> None:
+    """Write uint8 RGB [H, W, 3] as a deflate-compressed GeoTIFF with ``geo``."""
+    height, width = image.shape[:2]
+    profile = {"driver": "GTiff", "height": height, "width": width, "count": 3, "dtype": "uint8"}
+    profile.update(crs=geo.crs, transform=geo.transform, compress="deflate", photometric="RGB")
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.moveaxis(image, -1, 0))

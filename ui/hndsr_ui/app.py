@@ -5,7 +5,6 @@ analytics off)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import tempfile
@@ -15,9 +14,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+import typer  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from client.triton_client import (  # noqa: E402
+from hndsr_client.georaster import read_georeference, write_georeferenced  # noqa: E402
+from hndsr_client.image_io import IMAGE_SUFFIXES, read_rgb, write_rgb  # noqa: E402
+from hndsr_client.interface import DEFAULT_PORTS, DEFAULT_STEPS, SCALE_MAX, SCALE_MIN  # noqa: E402
+from hndsr_client.triton_client import (  # noqa: E402
     HNDSRClient,
     HNDSRError,
     InvalidInputError,
@@ -25,10 +28,7 @@ from client.triton_client import (  # noqa: E402
     RequestTimeoutError,
     ServerUnavailableError,
 )
-from hndsr.config import DEFAULT_STEPS, SCALE_MAX, SCALE_MIN  # noqa: E402
-from hndsr.geotiff import read_georeference, write_geotiff  # noqa: E402
-from hndsr.image_io import IMAGE_SUFFIXES, read_rgb, write_rgb  # noqa: E402
-from ui import triton_metrics  # noqa: E402
+from hndsr_ui import triton_metrics  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 STEP_CHOICES = [0, 1, 2, 4, 8]
@@ -115,7 +115,7 @@ class HNDSRApp:
         geo = read_georeference(path)
         if geo is not None:
             out = self.out_dir / f"{stem}.tif"
-            write_geotiff(out, sr, geo.scaled(sr.shape[1] / image.shape[1], sr.shape[0] / image.shape[0]))
+            write_georeferenced(out, sr, geo.resampled(sr.shape[1] / image.shape[1], sr.shape[0] / image.shape[0]))
         else:
             out = self.out_dir / f"{stem}.png"
             write_rgb(out, sr)
@@ -208,15 +208,19 @@ def launch(grpc_url: str, http_url: str, metrics_url: str, host: str, port: int,
     return demo
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="HNDSR web UI (needs a running Triton with the hndsr models)")
-    parser.add_argument("--grpc", default="127.0.0.1:8001", help="Triton gRPC address")
-    parser.add_argument("--http", default="127.0.0.1:8000", help="Triton HTTP address (health)")
-    parser.add_argument("--metrics", default="http://127.0.0.1:8002/metrics", help="Triton metrics URL")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args(argv)
-    launch(args.grpc, args.http, args.metrics, args.host, args.port)
+def main() -> None:
+    typer.run(_main)
+
+
+def _main(
+    grpc: str = typer.Option(f"127.0.0.1:{DEFAULT_PORTS['grpc']}", help="Triton gRPC address"),
+    http: str = typer.Option(f"127.0.0.1:{DEFAULT_PORTS['http']}", help="Triton HTTP address (health)"),
+    metrics: str = typer.Option(f"http://127.0.0.1:{DEFAULT_PORTS['metrics']}/metrics", help="Triton metrics URL"),
+    host: str = typer.Option("127.0.0.1", help="address the UI binds (0.0.0.0 to expose)"),
+    port: int = typer.Option(7860, help="port of the UI"),
+) -> None:
+    """HNDSR web UI (needs a running Triton with the hndsr models)."""
+    launch(grpc, http, metrics, host, port)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from client.triton_client import HNDSRClient, HNDSRError
-from hndsr.config import DEFAULT_STEPS
-from hndsr.image_io import read_rgb, write_rgb
+from hndsr_client.image_io import read_rgb, write_rgb
+from hndsr_client.interface import DEFAULT_STEPS
+from hndsr_client.triton_client import HNDSRClient, HNDSRError
 
 cli = typer.Typer(add_completion=False, help="Thin client for the HNDSR model served by Triton.")
 
@@ -105,8 +105,8 @@ def upscale_scene(
     quiet: bool = typer.Option(False, help="no progress bar or messages"),
 ) -> None:
     """Super-resolve a whole scene (or every .tif/.tiff of a folder) chunk by chunk into a COG."""
-    from client.scene import SceneError, SceneOptions, upscale_folder
-    from client.scene import upscale_scene as run_scene
+    from hndsr_client.scene import SceneError, SceneOptions, upscale_folder
+    from hndsr_client.scene import upscale_scene as run_scene
 
     options = SceneOptions(
         scale=scale,
@@ -147,7 +147,7 @@ def bench_scene(
     image: Path = typer.Option(None, exists=True, help="image tiled into the scene (default: the demo sample)"),
 ) -> None:
     """Benchmark scene mode: output MP/s, client peak RSS, chunking overhead and difference."""
-    from client import scene_bench
+    from hndsr_client import scene_bench
 
     urls = list(url) if url else ["127.0.0.1:8001"]
     try:

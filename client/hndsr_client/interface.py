@@ -1,0 +1,139 @@
+"""The interface of the served ``hndsr`` model: one definition of every request and response tensor
+(name, type, shape, optional, default, range, meaning) and of the request limits.
+
+The Triton configs (``hndsr.serving.configs``), this client's request building, the server's
+validation (``hndsr.pipeline.validate``), the UI's controls and the README's interface table are all
+derived from it (the README table is checked by a test).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MODEL = "hndsr"
+STREAM_MODEL = "hndsr_stream"
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+"""Triton's standard ports, used by the server launcher, the client, the UI and the containers."""
+
+MIN_INPUT_SIDE = 8
+MAX_OUTPUT_PIXELS = 16_000_000
+"""Largest SR output (round(s*H) * round(s*W)) the server accepts in one request."""
+
+LATENT_FACTOR = 4
+"""HR pixels per latent cell along each axis: the server pads its canvas to this grid."""
+TILE = 208
+"""HR tile edge of the server's canvas tiling (fixed shape of the exported stage models). 208 = 192 + 16:
+a 400x400 output (a 100x100 LR tile at 4x) needs 2x2 tiles with 8% overlap work."""
+TILE_OVERLAP = 16
+"""HR pixels shared by neighbouring canvas tiles, blended with a Hann ramp. Scene mode aligns its
+chunks to this tiling, so chunk interiors come out as if the image had been sent whole."""
+
+_NUMPY = {"UINT8": np.uint8, "FP32": np.float32, "INT32": np.int32, "INT64": np.int64, "BYTES": np.object_}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor of the ``hndsr`` model's interface."""
+
+    name: str
+    datatype: str
+    """Triton wire type: UINT8, FP32, INT32, INT64 or BYTES."""
+    dims: tuple[int, ...]
+    """Config dims (-1 = any size)."""
+    shape: str
+    """The shape as documented (``[H, W, 3]``)."""
+    description: str
+    optional: bool = False
+    default: float | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def numpy_dtype(self) -> type:
+        return _NUMPY[self.datatype]
+
+    @property
+    def config_type(self) -> str:
+        return "TYPE_STRING" if self.datatype == "BYTES" else f"TYPE_{self.datatype}"
+
+    def config_entry(self) -> str:
+        optional = " optional: true" if self.optional else ""
+        dims = ", ".join(map(str, self.dims))
+        return f'{{ name: "{self.name}" data_type: {self.config_type} dims: [ {dims} ]{optional} }}'
+
+    def out_of_range(self, value: float) -> str | None:
+        """The error message for ``value`` if it is outside this field's range, else None."""
+        if self.minimum is None or self.maximum is None:
+            return None
+        if math.isfinite(value) and self.minimum <= value <= self.maximum:
+            return None
+        return f"{self.name} must be in [{self.minimum:g}, {self.maximum:g}], got {value:g}"
+
+    def notes(self) -> str:
+        parts = ["optional" if self.optional else "", self.description]
+        if self.default is not None:
+            parts.append(f"default {self.default:g}")
+        if self.minimum is not None:
+            parts.append(f"range {self.minimum:g}–{self.maximum:g}")
+        return "; ".join(p for p in parts if p)
+
+
+IMAGE = Tensor("IMAGE", "UINT8", (-1, -1, 3), "[H, W, 3]", "the low-res RGB image")
+SCALE = Tensor(
+    "SCALE", "FP32", (1,), "[1]", "upscaling factor, non-integer allowed", True, default=4.0, minimum=2.0, maximum=8.0
+)
+STEPS = Tensor(
+    "STEPS", "INT32", (1,), "[1]", "DDIM steps; 0 = the fast deterministic path", True, default=2, minimum=0, maximum=50
+)
+SEED = Tensor("SEED", "INT64", (1,), "[1]", "noise seed; same seed → identical bytes", True, default=0)
+ETA = Tensor(
+    "ETA", "FP32", (1,), "[1]", "DDIM eta; 0 = deterministic sampler", True, default=0.0, minimum=0.0, maximum=1.0
+)
+SR_IMAGE = Tensor("SR_IMAGE", "UINT8", (-1, -1, 3), "[round(s·H), round(s·W), 3]", "the result")
+INFO = Tensor(
+    "INFO",
+    "BYTES",
+    (1,),
+    "[1]",
+    "JSON: scale, steps, seed, eta, tiles, input_size, output_size, device, precision, model_version, "
+    "stage_ms (encoder/prior/unet/decoder), total_ms",
+)
+PROGRESS = Tensor("PROGRESS", "INT32", (2,), "[2]", "hndsr_stream only, gRPC streaming: DDIM steps done, total")
+
+INPUTS = (IMAGE, SCALE, STEPS, SEED, ETA)
+OUTPUTS = (SR_IMAGE, INFO)
+STREAM_OUTPUTS = (*OUTPUTS, PROGRESS)
+
+DEFAULT_SCALE = float(SCALE.default)
+DEFAULT_STEPS = int(STEPS.default)
+"""Default DDIM steps of the generative path (README: step/start sweep on val/TEAK)."""
+SCALE_MIN, SCALE_MAX = float(SCALE.minimum), float(SCALE.maximum)
+STEPS_MAX = int(STEPS.maximum)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits the server enforces before any heavy work."""
+
+    scale_min: float = SCALE_MIN
+    scale_max: float = SCALE_MAX
+    steps_max: int = STEPS_MAX
+    min_input_side: int = MIN_INPUT_SIDE
+    max_output_pixels: int = MAX_OUTPUT_PIXELS
+
+
+def request_arrays(image: np.ndarray, scale: float, steps: int, seed: int, eta: float) -> dict[str, np.ndarray]:
+    """The input tensors of one request, typed as the interface says."""
+    values = {"IMAGE": image, "SCALE": [scale], "STEPS": [steps], "SEED": [seed], "ETA": [eta]}
+    return {t.name: np.ascontiguousarray(np.asarray(values[t.name], dtype=t.numpy_dtype)) for t in INPUTS}
+
+
+def markdown_table() -> str:
+    """The README's interface table."""
+    rows = ["| tensor | type | shape | notes |", "|---|---|---|---|"]
+    for t in (*INPUTS, *STREAM_OUTPUTS):
+        rows.append(f"| `{t.name}` | {t.datatype} | `{t.shape}` | {t.notes()} |")
+    return "\n".join(rows)

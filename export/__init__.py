@@ -1,1 +1,0 @@
-"""Export HNDSR stages to ONNX and write the Triton model repository."""
