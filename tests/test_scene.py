@@ -171,7 +171,8 @@ def test_chunk_store_one_run_per_output(tmp_path):
 
 
 def test_scene_client_imports_no_torch():
-    code = "import sys, client.scene, client.scene_bench, client.cli; assert 'torch' not in sys.modules"
+    modules = "hndsr_client.scene, hndsr_client.scene_bench, hndsr_client.cli"
+    code = f"import sys, {modules}; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

@@ -97,6 +97,19 @@ def fake_options(tmp_path: Path, mode: str) -> ServerOptions:
 # -- fast: a fake tritonserver ---------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def default_signal_handlers():
+    """Each test starts with Python's default SIGTERM/SIGINT handlers, as a command does: a
+    session fixture's running server (``triton`` in conftest) holds its own guard meanwhile."""
+    previous = {
+        s: signal.signal(s, d)
+        for s, d in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler))
+    }
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 def test_ready_server_yields_urls_then_group_stopped(tmp_path):
     opts = fake_options(tmp_path, "ready")
     log = tmp_path / "logs" / "tritonserver.log"
