@@ -190,3 +190,25 @@ def test_front_and_core_configs(variant):
         ROOT / "model_repository" / "hndsr_core" / ("config.pbtxt" if variant == "cpu" else f"configs/{variant}.pbtxt")
     )
     assert path.read_text() == core_config(variant)
+
+
+@pytest.mark.integration
+def test_compute_stubs_yield_the_cpu_to_the_fronts(triton):
+    """Refusals stay fast under load: the pipeline and stage stubs run at a lower CPU priority
+    than the front models that admit, refuse and answer health."""
+    import os
+
+    from hndsr.serving.admission import COMPUTE_NICENESS
+    from hndsr.serving.server import stub_processes
+
+    stubs = stub_processes(triton["proc"].pid)
+    base = os.getpriority(os.PRIO_PROCESS, triton["proc"].pid)
+    nice = {s.model: os.getpriority(os.PRIO_PROCESS, s.pid) - base for s in stubs.values()}
+    assert set(nice) == {"hndsr", "hndsr_stream", "hndsr_core", "encoder", "prior", "unet", "decoder"}
+    assert {m: n for m, n in nice.items() if m.startswith("hndsr") and m != "hndsr_core"} == {
+        "hndsr": 0,
+        "hndsr_stream": 0,
+    }
+    assert {m: n for m, n in nice.items() if m not in ("hndsr", "hndsr_stream")} == dict.fromkeys(
+        ("hndsr_core", "encoder", "prior", "unet", "decoder"), COMPUTE_NICENESS
+    )

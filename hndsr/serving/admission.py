@@ -16,6 +16,7 @@ cannot leak capacity.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -40,6 +41,17 @@ SPARE_FRONT_INSTANCES = 2
 """Front instances beyond ``max_inflight``: always free to refuse excess requests at once."""
 FRONT_INSTANCES = DEFAULT_MAX_INFLIGHT + SPARE_FRONT_INSTANCES
 CORE_INSTANCES = DEFAULT_MAX_RUNNING
+COMPUTE_NICENESS = 5
+"""The compute stubs (``hndsr_core`` and the CPU stage models) lower their own CPU priority by
+this much, so the front models' admission checks, refusals and health answers are scheduled
+first while admitted requests keep every core busy (fast refusal under load)."""
+
+
+def lower_priority() -> None:
+    """Called by a compute stub at start (raising niceness needs no privilege)."""
+    with contextlib.suppress(OSError):
+        os.nice(COMPUTE_NICENESS)
+
 
 TRANSIENT = re.compile(
     r"not healthy|no available versions|unknown model|is not ready|health mutex|unavailable|"

@@ -24,7 +24,7 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from hndsr.pipeline import Cancelled, InvalidRequest, Sampling, SRParams, super_resolve, validate
-from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, Admission
+from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, Admission, lower_priority
 from hndsr.serving.bls import BLSRunner
 from hndsr_client.interface import ETA, SCALE, SEED, STEPS, Limits
 
@@ -52,6 +52,7 @@ class TritonPythonModel:
             self.device = torch.device("cpu")
             torch.set_num_threads(1)
         self.admission = Admission.from_env(params)
+        lower_priority()
         self.stage_retry_s = float(params.get("stage_retry_s", DEFAULT_STAGE_RETRY_S))
         self._init_metrics()
 

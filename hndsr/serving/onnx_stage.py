@@ -15,6 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from hndsr.serving.admission import lower_priority
+
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
@@ -23,6 +25,7 @@ class TritonPythonModel:
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
         self.chunk = int(params.get("chunk", "16"))
+        lower_priority()
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
