@@ -144,7 +144,9 @@ def bench_scene(
     chunk: int | None = typer.Option(None, help="LR pixels per chunk side (default: 512)"),
     compare_size: int = typer.Option(1000, help="side of the image sent both whole and chunked (must fit whole)"),
     compare_steps: list[int] | None = typer.Option(None, help="steps of the whole-vs-chunked runs (repeatable)"),
-    image: Path = typer.Option(None, exists=True, help="image tiled into the scene (default: the demo sample)"),
+    image: Path = typer.Option(
+        ..., exists=True, help="real image tiled (mirrored) into the scene, e.g. the repository's demo sample"
+    ),
 ) -> None:
     """Benchmark scene mode: output MP/s, client peak RSS, chunking overhead and difference."""
     from hndsr_client import scene_bench
@@ -160,7 +162,7 @@ def bench_scene(
             chunk,
             compare_size=compare_size,
             compare_steps=list(compare_steps) if compare_steps else None,
-            image_path=image or scene_bench.DEMO,
+            image_path=image,
             echo=typer.echo,
         )
     except (ValueError, RuntimeError, OSError) as exc:

@@ -24,7 +24,6 @@ from hndsr_client.image_io import read_rgb
 from hndsr_client.scene import DEFAULT_OVERLAP, SceneOptions, upscale_scene
 from hndsr_client.triton_client import HNDSRClient
 
-DEMO = Path(__file__).resolve().parent.parent / "hndsr" / "assets" / "laodong_peninsula.avif"
 STRIPE = 256
 
 
@@ -110,11 +109,13 @@ def run(
     overlap: int = DEFAULT_OVERLAP,
     compare_size: int = 1000,
     compare_steps: list[int] | None = None,
-    image_path: Path = DEMO,
+    image_path: Path | None = None,
     workdir: Path | None = None,
     echo=print,
 ) -> dict:
     """Run the scene, then the whole-vs-chunked comparisons; returns and prints the figures."""
+    if image_path is None:
+        raise ValueError("image_path: a real image to tile into the scene is required")
     image = read_rgb(image_path)
     tmp = Path(tempfile.mkdtemp(prefix="hndsr-scene-bench-", dir=workdir))
     try:
