@@ -8,13 +8,16 @@ from pathlib import Path
 import typer
 
 from hndsr_client.image_io import read_rgb, write_rgb
-from hndsr_client.interface import DEFAULT_STEPS
+from hndsr_client.interface import DEFAULT_SCALE, DEFAULT_STEPS, SCALE_MAX, SCALE_MIN
 from hndsr_client.triton_client import HNDSRClient, HNDSRError
 
 cli = typer.Typer(add_completion=False, help="Thin client for the HNDSR model served by Triton.")
 
 URL = typer.Option(None, help="server address (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)")
 PROTOCOL = typer.Option("grpc", help="grpc or http")
+SCALE = typer.Option(DEFAULT_SCALE, help=f"upscaling factor ({SCALE_MIN:g} to {SCALE_MAX:g}, non-integer allowed)")
+STEPS = typer.Option(DEFAULT_STEPS, help="DDIM steps; 0 = fast deterministic path")
+ETA = typer.Option(0.0, help="DDIM eta (0 = deterministic sampler)")
 
 
 def _client(url: str | None, protocol: str, timeout: float = 900.0) -> HNDSRClient:
@@ -30,10 +33,10 @@ def _fail(exc: Exception) -> None:
 def upscale(
     src: Path = typer.Argument(..., exists=True, help="PNG, JPEG, TIFF/GeoTIFF or AVIF"),
     dst: Path = typer.Argument(..., help="output .png, .tif or .tiff"),
-    scale: float = typer.Option(4.0, help="upscaling factor (2 to 8, non-integer allowed)"),
-    steps: int = typer.Option(DEFAULT_STEPS, help="DDIM steps; 0 = fast deterministic path"),
+    scale: float = SCALE,
+    steps: int = STEPS,
     seed: int = typer.Option(0, help="noise seed (same seed -> same output)"),
-    eta: float = typer.Option(0.0, help="DDIM eta (0 = deterministic sampler)"),
+    eta: float = ETA,
     url: str | None = URL,
     protocol: str = PROTOCOL,
     timeout: float = typer.Option(900.0, help="client timeout in seconds"),
@@ -87,10 +90,10 @@ SCENE_URL = typer.Option(None, "--url", help="server address, repeatable (round-
 def upscale_scene(
     src: Path = typer.Argument(..., exists=True, help="GeoTIFF (any raster GDAL reads), or a folder of .tif/.tiff"),
     dst: Path = typer.Argument(..., help="output Cloud-Optimized GeoTIFF (.tif), or a folder when SRC is one"),
-    scale: float = typer.Option(4.0, help="upscaling factor (2 to 8)"),
-    steps: int = typer.Option(DEFAULT_STEPS, help="DDIM steps; 0 = fast deterministic path"),
+    scale: float = SCALE,
+    steps: int = STEPS,
     seed: int = typer.Option(0, help="noise seed (each chunk gets its own seed derived from it)"),
-    eta: float = typer.Option(0.0, help="DDIM eta"),
+    eta: float = ETA,
     url: list[str] | None = SCENE_URL,
     protocol: str = PROTOCOL,
     workers: int | None = typer.Option(None, help="chunks in flight at once (default: 2 per --url)"),
@@ -137,7 +140,7 @@ def upscale_scene(
 @cli.command("bench-scene")
 def bench_scene(
     size: int = typer.Option(4000, help="LR scene side in pixels"),
-    scale: float = typer.Option(4.0, help="upscaling factor"),
+    scale: float = SCALE,
     steps: int = typer.Option(0, help="DDIM steps of the scene run"),
     url: list[str] | None = SCENE_URL,
     workers: int | None = typer.Option(None, help="chunks in flight (default: 2 per --url)"),

@@ -51,7 +51,7 @@ from hndsr_client.georaster import (
     restore_nodata,
     write_cog,
 )
-from hndsr_client.interface import DEFAULT_STEPS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
+from hndsr_client.interface import DEFAULT_SCALE, DEFAULT_STEPS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
 from hndsr_client.triton_client import HNDSRClient, HNDSRError, InvalidInputError
 
 DEFAULT_CHUNK = 512
@@ -417,7 +417,7 @@ class Dispatcher:
 
 @dataclass
 class SceneOptions:
-    scale: float = 4.0
+    scale: float = DEFAULT_SCALE
     steps: int = DEFAULT_STEPS
     seed: int = 0
     eta: float = 0.0

@@ -21,6 +21,7 @@ import rasterio
 from affine import Affine
 
 from hndsr_client.image_io import read_rgb
+from hndsr_client.interface import DEFAULT_SCALE
 from hndsr_client.scene import DEFAULT_OVERLAP, SceneOptions, upscale_scene
 from hndsr_client.triton_client import HNDSRClient
 
@@ -102,7 +103,7 @@ def peak_rss_mb() -> float:
 def run(
     urls: list[str],
     size: int = 4000,
-    scale: float = 4.0,
+    scale: float = DEFAULT_SCALE,
     steps: int = 0,
     workers: int | None = None,
     chunk: int | None = None,

@@ -19,7 +19,7 @@ from PIL import Image  # noqa: E402
 
 from hndsr_client.georaster import read_georeference, write_georeferenced  # noqa: E402
 from hndsr_client.image_io import IMAGE_SUFFIXES, read_rgb, write_rgb  # noqa: E402
-from hndsr_client.interface import DEFAULT_PORTS, DEFAULT_STEPS, SCALE_MAX, SCALE_MIN  # noqa: E402
+from hndsr_client.interface import DEFAULT_PORTS, DEFAULT_SCALE, DEFAULT_STEPS, SCALE_MAX, SCALE_MIN  # noqa: E402
 from hndsr_client.triton_client import (  # noqa: E402
     HNDSRClient,
     HNDSRError,
@@ -149,7 +149,7 @@ class HNDSRApp:
                     preview = gr.Image(label="Input", interactive=False, height=240, elem_id="preview")
                     scale_choice = gr.Radio(SCALE_CHOICES, value="4×", label="Scale", elem_id="scale")
                     custom_scale = gr.Number(
-                        value=4.0,
+                        value=DEFAULT_SCALE,
                         minimum=SCALE_MIN,
                         maximum=SCALE_MAX,
                         step=0.1,
