@@ -206,6 +206,10 @@ def test_scene_output_size_transform_crs_nodata_cog(triton, fixture_tif, referen
         assert out.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert out.profile["tiled"] and out.compression.name == "deflate" and out.overviews(1)
         sr, lr = out.read(), src.read()
+    from rio_cogeo.cogeo import cog_validate
+
+    valid, errors, _ = cog_validate(str(dst), strict=True)
+    assert valid, errors
     assert (sr == reference).all()  # 3 workers in flight: same bytes as one at a time
     nodata = (sr == NODATA).all(axis=0)
     assert nodata[:40, :80].all() and nodata.sum() == 40 * 80  # the LR nodata corner, 4x, and nothing else
