@@ -20,17 +20,9 @@ from hndsr_client import HNDSRClient, ServerUnavailableError
 from hndsr_client.cli import cli
 from hndsr_client.georaster import Stretch, scaled_transform
 from hndsr_client.image_io import read_rgb
-from hndsr_client.scene import (
-    SERVER_TILE_STRIDE,
-    ChunkStore,
-    SceneError,
-    SceneOptions,
-    SceneParamError,
-    axis_weights,
-    parts_dir,
-    plan_chunks,
-    upscale_scene,
-)
+from hndsr_client.scene import SceneOptions, parts_dir, upscale_scene
+from hndsr_client.scene_plan import SERVER_TILE_STRIDE, SceneError, SceneParamError, axis_weights, plan_chunks
+from hndsr_client.scene_store import ChunkStore
 
 from .conftest import ROOT, free_port
 
@@ -171,7 +163,7 @@ def test_chunk_store_one_run_per_output(tmp_path):
 
 
 def test_scene_client_imports_no_torch():
-    modules = "hndsr_client.scene, hndsr_client.scene_bench, hndsr_client.cli"
+    modules = ", ".join(f"hndsr_client.{m}" for m in ("scene", "scene_plan", "scene_store", "scene_bench", "cli"))
     code = f"import sys, {modules}; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
