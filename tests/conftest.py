@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,20 +39,11 @@ def model() -> HNDSR:
 
 def live_processes() -> dict[int, tuple[int, list[str]]]:
     """pid -> (process group, argv) of every process that is not a zombie."""
-    found = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except (OSError, IndexError):
-            continue
-        if fields[0] not in (b"Z", b"X"):
-            found[int(entry.name)] = (int(fields[3]), argv)
-    return found
+    from hndsr.serving.server import processes
+
+    return {
+        p.pid: (p.pgid, [a.decode(errors="replace") for a in p.argv]) for p in processes() if p.state not in ("Z", "X")
+    }
 
 
 def group_members(pgid: int) -> list[int]:

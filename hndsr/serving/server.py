@@ -185,29 +185,46 @@ class Stub:
     """Its shared-memory pool, ``/dev/shm/triton_python_backend_shm_region_...``."""
 
 
-def stub_processes(parent: int) -> dict[str, Stub]:
-    """Python-backend stubs whose parent is ``parent``, by instance name (e.g. ``unet_0_0``).
+@dataclass(frozen=True)
+class Process:
+    """One entry of /proc."""
 
-    A zombie has no command line any more, so a dead stub is simply absent."""
-    found: dict[str, Stub] = {}
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+    argv: tuple[bytes, ...]
+
+
+def processes() -> list[Process]:
+    """Every process in /proc (zombies included: their ``argv`` is empty)."""
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
-            if int(fields[1]) != parent:
-                continue
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+                argv = tuple(a for a in f.read().split(b"\0") if a)
+            found.append(Process(int(entry.name), fields[0].decode(), int(fields[1]), int(fields[3]), argv))
         except (OSError, IndexError, ValueError):
             continue
-        if len(argv) < 9 or not argv[0].endswith(STUB_BINARY):
+    return found
+
+
+def stub_processes(parent: int) -> dict[str, Stub]:
+    """Python-backend stubs whose parent is ``parent``, by instance name (e.g. ``unet_0_0``).
+
+    A zombie has no command line any more, so a dead stub is simply absent."""
+    found: dict[str, Stub] = {}
+    for proc in processes():
+        argv = proc.argv
+        if proc.ppid != parent or len(argv) < 9 or not argv[0].endswith(STUB_BINARY):
             continue
         model = Path(argv[1].decode()).parent.parent.name
         instance = argv[8].decode()
-        region = f"/dev/shm/{argv[2].decode()}"
-        found[instance] = Stub(int(entry.name), model, instance, fields[0].decode(), region)
+        found[instance] = Stub(proc.pid, model, instance, proc.state, f"/dev/shm/{argv[2].decode()}")
     return found
 
 
