@@ -28,6 +28,9 @@ class TritonPythonModel:
         lower_priority()
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        # Four stage processes share the cores: threads that spin-wait after a run (onnxruntime's
+        # default) would steal them from the next stage in the chain.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
