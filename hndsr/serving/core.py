@@ -15,6 +15,8 @@ front tells a deadline from a cancellation) or INTERNAL: BLS would turn every er
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import time
 
@@ -37,6 +39,18 @@ def _scalar(request, name: str, default):
     if value.size != 1:
         raise InvalidRequest(f"{name} must hold exactly one value, got {value.size}")
     return value[0].item()
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def release_free_memory() -> None:
+    """Give the heap pages freed by a request back to the OS (glibc ``malloc_trim``). Requests of
+    varying sizes otherwise leave the allocator's arenas fragmented, and the core's resident memory
+    creeps up over thousands of requests."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class TritonPythonModel:
@@ -80,7 +94,9 @@ class TritonPythonModel:
         self.m_retries = self._families["hndsr_stage_retries_total"].Metric(labels={})
 
     def execute(self, requests: list) -> list:
-        return [self._respond(request) for request in requests]
+        responses = [self._respond(request) for request in requests]
+        release_free_memory()
+        return responses
 
     def _respond(self, request):
         """The result, or the failure as an empty SR_IMAGE plus INFO {"error", "code"}: a BLS caller
