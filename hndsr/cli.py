@@ -31,9 +31,12 @@ def ensure_exported(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
         export_all(weights, repo)
 
 
-def _options(host: str, http_port: int, grpc_port: int, metrics_port: int, config_name: str | None) -> ServerOptions:
+def _options(
+    host: str, http_port: int, grpc_port: int, metrics_port: int, config_name: str | None, **more
+) -> ServerOptions:
+    """Options of a server on these ports; ``more``: other ``ServerOptions`` fields."""
     return ServerOptions(
-        model_repository=REPO,
+        **{"model_repository": REPO, **more},
         host=host,
         http_port=http_port,
         grpc_port=grpc_port,
@@ -67,9 +70,18 @@ def serve(
 
     if model_repository == REPO:
         ensure_exported()
-    opts = _options(host, http_port, grpc_port, metrics_port, config_name)
-    opts.model_repository, opts.tritonserver, opts.extra_args = model_repository, tritonserver, tuple(triton_arg)
-    opts.max_inflight, opts.max_running = max_inflight, max_running
+    opts = _options(
+        host,
+        http_port,
+        grpc_port,
+        metrics_port,
+        config_name,
+        model_repository=model_repository,
+        tritonserver=tritonserver,
+        extra_args=tuple(triton_arg),
+        max_inflight=max_inflight,
+        max_running=max_running,
+    )
     sup = SupervisorOptions(drain_grace_s=drain_grace, stall_timeout_s=stall_timeout)
     raise typer.Exit(serve_forever(opts, sup))
 

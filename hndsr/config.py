@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The served interface's facts (request limits, defaults, canvas tiling) live with the client,
-# which the server depends on: one definition for both sides.
-from hndsr_client.interface import (  # noqa: E402, F401
+# which the server depends on: one definition for both sides. Re-exported for the server's modules.
+from hndsr_client.interface import (  # noqa: F401
     DEFAULT_SCALE,
     DEFAULT_STEPS,
     LATENT_FACTOR,

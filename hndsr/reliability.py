@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import tritonclient.grpc as grpcclient
 import typer
 
 from hndsr.serving.admission import Admission
-from hndsr.serving.server import Stub, stub_processes
+from hndsr.serving.server import Stub, free_port, stub_processes
 from hndsr_client.interface import INPUTS, request_arrays
 from hndsr_client.triton_client import (
     HNDSRClient,
@@ -119,12 +118,6 @@ class Report:
         return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -155,7 +148,7 @@ class Served:
 
     def __init__(self, work: Path, profile: Profile) -> None:
         self.work = work
-        self.http, self.grpc, self.metrics = _free_port(), _free_port(), _free_port()
+        self.http, self.grpc, self.metrics = free_port(), free_port(), free_port()
         self.log_path = work / "serve.log"
         cli = Path(sys.executable).parent / "hndsr"
         cmd = [

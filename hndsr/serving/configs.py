@@ -88,9 +88,12 @@ def stage_config(stage: str, variant: str) -> str:
     return body
 
 
-def _io(extra_inputs: tuple[str, ...] = (), outputs: tuple[Tensor, ...] = OUTPUTS) -> str:
+CONTROL = Tensor("CONTROL", "BYTES", (1,), "[1]", "hndsr_core only: JSON from the front (ticket, sampling constants)")
+
+
+def _io(inputs: tuple[Tensor, ...] = INPUTS, outputs: tuple[Tensor, ...] = OUTPUTS) -> str:
     """The front/core models' input and output blocks, from ``hndsr_client.interface``."""
-    ins = [f"  {t.config_entry()}" for t in INPUTS] + [f"  {e}" for e in extra_inputs]
+    ins = [f"  {t.config_entry()}" for t in inputs]
     outs = [f"  {t.config_entry()}" for t in outputs]
     return "input [\n" + ",\n".join(ins) + "\n]\noutput [\n" + ",\n".join(outs) + "\n]\n"
 
@@ -138,7 +141,7 @@ def core_config(variant: str) -> str:
     kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
     return (
         'name: "hndsr_core"\nbackend: "python"\nmax_batch_size: 0\n'
-        + _io(extra_inputs=('{ name: "CONTROL" data_type: TYPE_STRING dims: [ 1 ] }',))
+        + _io(inputs=(*INPUTS, CONTROL))
         + f"instance_group [ {{ count: {CORE_INSTANCES} kind: {kind} }} ]\n"
         + _parameters({"stage_retry_s": f"{DEFAULT_STAGE_RETRY_S:g}"})
     )

@@ -28,6 +28,7 @@ from torch.utils.dlpack import from_dlpack, to_dlpack
 from hndsr.pipeline import Cancelled, InvalidRequest, Sampling, SRParams, super_resolve, validate
 from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, Admission, lower_priority
 from hndsr.serving.bls import BLSRunner
+from hndsr.serving.counters import counter_families
 from hndsr_client.interface import ETA, SCALE, SEED, STEPS, Limits
 
 
@@ -74,17 +75,14 @@ class TritonPythonModel:
         self.admission.close()
 
     def _init_metrics(self) -> None:
-        counter = pb_utils.MetricFamily.COUNTER
-        # Families must outlive their metrics, so they are kept on the instance.
-        self._families = {
-            name: pb_utils.MetricFamily(name, doc, counter)
-            for name, doc in (
-                ("hndsr_tiles_total", "Tiles processed"),
-                ("hndsr_ddim_steps_total", "DDIM steps run"),
-                ("hndsr_stage_duration_ms_total", "Milliseconds spent per stage (summed over requests)"),
-                ("hndsr_stage_retries_total", "Stage calls retried while a stage was being healed"),
-            )
-        }
+        self._families = counter_families(
+            {
+                "hndsr_tiles_total": "Tiles processed",
+                "hndsr_ddim_steps_total": "DDIM steps run",
+                "hndsr_stage_duration_ms_total": "Milliseconds spent per stage (summed over requests)",
+                "hndsr_stage_retries_total": "Stage calls retried while a stage was being healed",
+            }
+        )
         self.m_tiles = self._families["hndsr_tiles_total"].Metric(labels={})
         self.m_steps = self._families["hndsr_ddim_steps_total"].Metric(labels={})
         stage_ms = self._families["hndsr_stage_duration_ms_total"]

@@ -46,6 +46,7 @@ from hndsr.serving.admission import (
     Refusal,
     Ticket,
 )
+from hndsr.serving.counters import counter_families
 
 CORE = "hndsr_core"
 FORWARDED = ("IMAGE", "SCALE", "STEPS", "SEED", "ETA")
@@ -83,16 +84,13 @@ class TritonPythonModel:
         os._exit(1)
 
     def _init_metrics(self) -> None:
-        counter = pb_utils.MetricFamily.COUNTER
-        # Families must outlive their metrics, so they are kept on the instance.
-        self._families = {
-            name: pb_utils.MetricFamily(name, doc, counter)
-            for name, doc in (
-                ("hndsr_requests_total", "HNDSR requests by outcome"),
-                ("hndsr_queue_wait_ms_total", "Milliseconds admitted requests waited for their turn to run"),
-                ("hndsr_core_retries_total", "Requests re-sent to hndsr_core while it was being healed"),
-            )
-        }
+        self._families = counter_families(
+            {
+                "hndsr_requests_total": "HNDSR requests by outcome",
+                "hndsr_queue_wait_ms_total": "Milliseconds admitted requests waited for their turn to run",
+                "hndsr_core_retries_total": "Requests re-sent to hndsr_core while it was being healed",
+            }
+        )
         requests = self._families["hndsr_requests_total"]
         self.m_requests = {o: requests.Metric(labels={"outcome": o}) for o in OUTCOMES}
         self.m_queue_ms = self._families["hndsr_queue_wait_ms_total"].Metric(labels={})

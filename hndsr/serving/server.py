@@ -196,8 +196,10 @@ class Process:
     argv: tuple[bytes, ...]
 
 
-def processes() -> list[Process]:
-    """Every process in /proc (zombies included: their ``argv`` is empty)."""
+def processes(parent: int | None = None) -> list[Process]:
+    """Every process in /proc, or only the children of ``parent`` (zombies included: their ``argv``
+    is empty). The watchdog asks for its children twice a second: other processes' command lines
+    are not read then."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -205,6 +207,8 @@ def processes() -> list[Process]:
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
+            if parent is not None and int(fields[1]) != parent:
+                continue
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                 argv = tuple(a for a in f.read().split(b"\0") if a)
             found.append(Process(int(entry.name), fields[0].decode(), int(fields[1]), int(fields[3]), argv))
@@ -218,9 +222,9 @@ def stub_processes(parent: int) -> dict[str, Stub]:
 
     A zombie has no command line any more, so a dead stub is simply absent."""
     found: dict[str, Stub] = {}
-    for proc in processes():
+    for proc in processes(parent):
         argv = proc.argv
-        if proc.ppid != parent or len(argv) < 9 or not argv[0].endswith(STUB_BINARY):
+        if len(argv) < 9 or not argv[0].endswith(STUB_BINARY):
             continue
         model = Path(argv[1].decode()).parent.parent.name
         instance = argv[8].decode()
