@@ -26,18 +26,31 @@ from hndsr.config import LATENT_FACTOR
 DEGRID_WINDOW = 5
 """Cells per side of the local phase mean (5 cells = 20 px)."""
 
-_SMOOTH = torch.tensor([1.0, 2.0, 2.0, 2.0, 1.0]) / 8
+_SMOOTH = (1 / 8, 2 / 8, 2 / 8, 2 / 8, 1 / 8)
 """Symmetric low-pass with zeros at 1/4 and 1/2 cycles per pixel: keeps polynomials up to degree 1."""
+
+
+def _separable_filter(x: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
+    """``x`` [..., H, W] filtered by ``outer(taps, taps)`` with replicate padding, as shifted sums
+    along each axis (several times faster on one CPU thread than a depthwise conv or avg_pool)."""
+    pad = len(taps) // 2
+    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    height, width = x.shape[-2] - 2 * pad, x.shape[-1] - 2 * pad
+    rows = x[..., :height, :] * taps[0]
+    for i, t in enumerate(taps[1:], start=1):
+        rows.add_(x[..., i : i + height, :], alpha=t)
+    out = rows[..., :width] * taps[0]
+    for i, t in enumerate(taps[1:], start=1):
+        out.add_(rows[..., i : i + width], alpha=t)
+    return out
 
 
 def remove_grid_pattern(detail: torch.Tensor, window: int = DEGRID_WINDOW) -> torch.Tensor:
     """``detail`` [C, H, W] (H, W multiples of the cell size) minus its local cell-periodic part."""
     channels, height, width = detail.shape
-    kernel = (_SMOOTH[:, None] * _SMOOTH[None, :]).to(detail).expand(channels, 1, 5, 5)
-    smooth = F.conv2d(F.pad(detail[None], (2, 2, 2, 2), mode="replicate"), kernel, groups=channels)
-    cells = F.pixel_unshuffle(detail[None] - smooth, LATENT_FACTOR)  # [1, C*16, H/4, W/4], phase-minor
-    pad = window // 2
-    local = F.avg_pool2d(F.pad(cells, (pad, pad, pad, pad), mode="replicate"), window, stride=1)
+    high = detail[None] - _separable_filter(detail[None], _SMOOTH)
+    cells = F.pixel_unshuffle(high, LATENT_FACTOR)  # [1, C*16, H/4, W/4], phase-minor
+    local = _separable_filter(cells, (1 / window,) * window)
     local = local.view(channels, LATENT_FACTOR**2, height // LATENT_FACTOR, width // LATENT_FACTOR)
     periodic = (local - local.mean(1, keepdim=True)).view_as(cells)
     return detail - F.pixel_shuffle(periodic, LATENT_FACTOR)[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -15,7 +16,11 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 def cosine_alphas_cumprod(num_steps: int = NUM_TRAIN_TIMESTEPS, max_beta: float = 0.999) -> torch.Tensor:
     """Cosine schedule (Nichol & Dhariwal), returned as cumulative alpha products in float64."""
+    return _cosine_alphas_cumprod(num_steps, max_beta).clone()
 
+
+@lru_cache(maxsize=4)
+def _cosine_alphas_cumprod(num_steps: int, max_beta: float) -> torch.Tensor:
     def f(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 

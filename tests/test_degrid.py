@@ -48,3 +48,15 @@ def test_phase_constant_image_is_untouched():
     """A pattern equal on all 16 phases is not periodic at the cell: it must survive untouched."""
     flat = torch.full((3, 64, 64), 0.3)
     torch.testing.assert_close(remove_grid_pattern(flat), flat)
+
+
+def test_separable_filter_equals_a_depthwise_convolution_with_replicate_padding():
+    from hndsr.degrid import _SMOOTH, _separable_filter
+
+    x = torch.randn(1, 3, 23, 17, generator=torch.Generator().manual_seed(3))
+    for taps in (_SMOOTH, (0.2,) * 5, (0.25, 0.5, 0.25)):
+        k = torch.tensor(taps)
+        kernel = torch.outer(k, k).expand(3, 1, len(taps), len(taps))
+        pad = len(taps) // 2
+        reference = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="replicate"), kernel, groups=3)
+        torch.testing.assert_close(_separable_filter(x, taps), reference, atol=1e-6, rtol=1e-5)

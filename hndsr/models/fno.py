@@ -16,12 +16,13 @@ from hndsr.models.spectral import SpectralConv2d
 class FNOBlock(nn.Module):
     """Spectral path + local 3x3 path, FiLM by scale, then a residual 3x3 projection."""
 
-    def __init__(self, width: int, modes: int, emb_dim: int) -> None:
+    def __init__(self, width: int, modes: int, emb_dim: int, hidden: int | None = None) -> None:
         super().__init__()
-        self.spectral = SpectralConv2d(width, width, modes)
-        self.local = nn.Conv2d(width, width, 3, padding=1)
-        self.film = nn.Linear(emb_dim, 2 * width)
-        self.out = nn.Conv2d(width, width, 3, padding=1)
+        hidden = hidden or width
+        self.spectral = SpectralConv2d(width, hidden, modes)
+        self.local = nn.Conv2d(width, hidden, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * hidden)
+        self.out = nn.Conv2d(hidden, width, 3, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.film(emb)[:, :, None, None].chunk(2, dim=1)
@@ -45,21 +46,26 @@ class FNOPrior(nn.Module):
         latent_channels: int = LATENT_CHANNELS,
         context_channels: int = CONTEXT_CHANNELS,
         emb_dim: int = 64,
+        hidden: int | None = None,
     ) -> None:
         super().__init__()
         self.emb_dim = emb_dim
         self.scale_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.lift = nn.Conv2d(latent_channels, width, 3, padding=1)
-        self.blocks = nn.ModuleList(FNOBlock(width, modes, emb_dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(FNOBlock(width, modes, emb_dim, hidden) for _ in range(depth))
         self.delta_head = nn.Conv2d(width, latent_channels, 3, padding=1)
         self.context_head = nn.Conv2d(width, context_channels, 3, padding=1)
         nn.init.zeros_(self.delta_head.weight)
         nn.init.zeros_(self.delta_head.bias)
 
+    def embedding(self, scale: torch.Tensor) -> torch.Tensor:
+        """The scale [B, 1] as the FiLM embedding every block reads."""
+        # log-scale, spread so that 2..8 spans a useful range of the sinusoid frequencies
+        return self.scale_mlp(sinusoidal_embedding(torch.log(scale) / math.log(2) * 100, self.emb_dim))
+
     def features(self, latent: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The trunk shared by both heads."""
-        # log-scale, spread so that 2..8 spans a useful range of the sinusoid frequencies
-        emb = self.scale_mlp(sinusoidal_embedding(torch.log(scale) / math.log(2) * 100, self.emb_dim))
+        emb = self.embedding(scale)
         h = self.lift(latent)
         for block in self.blocks:
             h = block(h, emb)

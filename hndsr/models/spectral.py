@@ -61,6 +61,18 @@ class SpectralConv2d(nn.Module):
             self._bases[key] = {k: v.to(device) for k, v in dft_bases(size_h, size_w, self.modes, self.modes).items()}
         return self._bases[key]
 
+    def mix(self, fr: torch.Tensor, fi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-mode complex channel mixing of the kept modes [B, Ci, X, Y], as one batched matrix
+        product over the modes (onnxruntime runs it several times faster than Einsum):
+        ``[re, -im] @ [wr; wi]`` is the real part, ``[im, re] @ [wr; wi]`` the imaginary part, so
+        the exported weight stays the size of ``weight_re`` plus ``weight_im``."""
+        batch, _, size_x, size_y = fr.shape
+        weight = torch.cat([self.weight_re, self.weight_im], dim=0).flatten(2).permute(2, 0, 1)  # [XY, 2Ci, Co]
+        f = torch.cat([torch.cat([fr, -fi], dim=1), torch.cat([fi, fr], dim=1)], dim=0)  # [2B, 2Ci, X, Y]
+        g = torch.matmul(f.flatten(2).permute(2, 0, 1), weight)  # [XY, 2B, Co]
+        g = g.permute(1, 2, 0).reshape(2 * batch, -1, size_x, size_y)
+        return g[:batch], g[batch:]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):
             # The DFT products lose too much in bf16/fp16 mixed-precision training: run them in fp32.
@@ -72,10 +84,7 @@ class SpectralConv2d(nn.Module):
         xi = x @ b["fw_sin"]
         fr = b["fh_cos"] @ xr - b["fh_sin"] @ xi  # [B, C, 2mh, mw]
         fi = b["fh_cos"] @ xi + b["fh_sin"] @ xr
-        # Per-mode complex channel mixing.
-        wr, wi = self.weight_re, self.weight_im
-        gr = torch.einsum("bixy,ioxy->boxy", fr, wr) - torch.einsum("bixy,ioxy->boxy", fi, wi)
-        gi = torch.einsum("bixy,ioxy->boxy", fr, wi) + torch.einsum("bixy,ioxy->boxy", fi, wr)
+        gr, gi = self.mix(fr, fi)
         # Inverse complex DFT along H, then inverse real DFT along W.
         hr = b["ih_cos"] @ gr - b["ih_sin"] @ gi  # [B, C, H, mw]
         hi = b["ih_cos"] @ gi + b["ih_sin"] @ gr
