@@ -86,7 +86,7 @@ SCALE = Tensor(
     "SCALE", "FP32", (1,), "[1]", "upscaling factor, non-integer allowed", True, default=4.0, minimum=2.0, maximum=8.0
 )
 STEPS = Tensor(
-    "STEPS", "INT32", (1,), "[1]", "DDIM steps; 0 = the fast deterministic path", True, default=2, minimum=0, maximum=50
+    "STEPS", "INT32", (1,), "[1]", "DDIM steps; 0 = the fast deterministic path", True, default=1, minimum=0, maximum=50
 )
 SEED = Tensor("SEED", "INT64", (1,), "[1]", "noise seed; same seed → identical bytes", True, default=0)
 ETA = Tensor(
