@@ -218,7 +218,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.model = HNDSR().to(self.device)
+        self.model = HNDSR(**(HNDSR.architecture_of(cfg.init) if cfg.init else {})).to(self.device)
         self.sched = DDIMScheduler()
         images = load_images(cfg.data)
         self.bank = PatchBank(images, cfg.patch, self.device, seed=cfg.seed, augment=cfg.augment)

@@ -41,14 +41,27 @@ class HNDSR(nn.Module):
     timestep the generative path starts from (its perception-distortion strength).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prior_width: int = 64, prior_hidden: int | None = None) -> None:
         super().__init__()
         self.encoder = Encoder()
-        self.prior = FNOPrior()
+        self.prior = FNOPrior(width=prior_width, hidden=prior_hidden)
         self.unet = LatentUNet()
         self.decoder = Decoder()
         self.register_buffer("residual_scale", torch.ones(()))
         self.register_buffer("start_timestep", torch.tensor(NUM_TRAIN_TIMESTEPS - 1.0))
+
+    def architecture(self) -> dict[str, int]:
+        """The size choices stored with the weights (``load`` rebuilds the model from them)."""
+        block = self.prior.blocks[0]
+        return {"prior_width": block.local.in_channels, "prior_hidden": block.local.out_channels}
+
+    @classmethod
+    def architecture_of(cls, path: str | Path) -> dict[str, int]:
+        """The architecture a weights file was saved with (files without it hold the original
+        64-channel prior)."""
+        meta = cls.metadata(path)
+        width = int(meta.get("prior_width", 64))
+        return {"prior_width": width, "prior_hidden": int(meta.get("prior_hidden", width))}
 
     def parameter_counts(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in STAGES}
@@ -59,7 +72,8 @@ class HNDSR(nn.Module):
             k: (v.half() if half and v.is_floating_point() and v.dim() > 0 else v).contiguous()
             for k, v in self.state_dict().items()
         }
-        save_file(state, str(path), metadata={**model_facts(), **(extra or {})})
+        arch = {k: str(v) for k, v in self.architecture().items()}
+        save_file(state, str(path), metadata={**model_facts(), **arch, **(extra or {})})
 
     @staticmethod
     def metadata(path: str | Path) -> dict[str, str]:
@@ -74,7 +88,7 @@ class HNDSR(nn.Module):
         if wrong:
             detail = ", ".join(f"{k}: file {a!r} != code {b!r}" for k, (a, b) in wrong.items())
             raise ValueError(f"{path} does not match this code ({detail})")
-        model = cls()
+        model = cls(**cls.architecture_of(path))
         state = {k: v.float() for k, v in load_file(str(path)).items()}
         model.load_state_dict(state)
         return model.to(device).eval()

@@ -1,0 +1,234 @@
+"""Make the FNO prior narrower: structured pruning of its channels, then distillation.
+
+The prior is the steps-0 path's largest cost (its 3x3 convolutions scale with width squared).
+A narrower prior is cut out of the trained one (``prune_prior``: the residual-stream and the
+per-block hidden channels with the most activation energy, measured on training crops), then
+trained to reproduce the wide prior's two outputs, the latent prior z0 and the UNet's context
+(``distill``), so the encoder, decoder and UNet keep working with it unchanged. Resumable
+like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights exported with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from hndsr.config import TILE
+from hndsr.data import PatchBank, load_images
+from hndsr.models.fno import FNOPrior
+from hndsr.models.hndsr import HNDSR
+from hndsr.train import EMA, learning_rate, quick_psnr
+
+
+@dataclass
+class DistillConfig:
+    teacher: str
+    data: str
+    out: str = "runs/distill"
+    val: str | None = None
+    width: int = 48
+    hidden: int = 32
+    steps: int = 20_000
+    seconds: float = 0.0
+    batch: int = 8
+    patch: int = TILE
+    lr: float = 3e-4
+    ema: float = 0.999
+    context_weight: float = 0.5
+    checkpoint_seconds: float = 600.0
+    seed: int = 0
+    threads: int = 0
+
+
+@torch.no_grad()
+def channel_energy(prior: FNOPrior, latents: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Mean squared activation per channel of the residual stream (summed over the block inputs
+    and the trunk output) and of each block's hidden layer (weighted by the norm of the output
+    convolution that reads it)."""
+    width = prior.lift.out_channels
+    stream = torch.zeros(width)
+    hidden = [torch.zeros(width) for _ in prior.blocks]
+    for latent, scale in latents:
+        emb = prior.embedding(scale)
+        h = prior.lift(latent)
+        for i, block in enumerate(prior.blocks):
+            stream += h.pow(2).mean((0, 2, 3))
+            gamma, beta = block.film(emb)[:, :, None, None].chunk(2, dim=1)
+            a = F.gelu((block.spectral(h) + block.local(h)) * (1 + gamma) + beta)
+            hidden[i] += a.pow(2).mean((0, 2, 3)) * block.out.weight.pow(2).sum((0, 2, 3))
+            h = h + block.out(a)
+        stream += F.gelu(h).pow(2).mean((0, 2, 3))
+    return {"stream": stream, **{f"hidden{i}": v for i, v in enumerate(hidden)}}
+
+
+def _top(energy: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.sort(torch.topk(energy, k).indices).values
+
+
+@torch.no_grad()
+def prune_prior(teacher: FNOPrior, width: int, hidden: int, energy: dict[str, torch.Tensor]) -> FNOPrior:
+    """A FNOPrior with ``width`` residual and ``hidden`` per-block channels, holding the teacher's
+    weights on its most active channels."""
+    modes = teacher.blocks[0].spectral.modes
+    student = FNOPrior(width=width, modes=modes, depth=len(teacher.blocks), emb_dim=teacher.emb_dim, hidden=hidden)
+    student.scale_mlp.load_state_dict(teacher.scale_mlp.state_dict())
+    s = _top(energy["stream"], width)
+    student.lift.weight.copy_(teacher.lift.weight[s])
+    student.lift.bias.copy_(teacher.lift.bias[s])
+    wide = teacher.lift.out_channels
+    for i, (tb, sb) in enumerate(zip(teacher.blocks, student.blocks)):
+        h = _top(energy[f"hidden{i}"], hidden)
+        sb.spectral.weight_re.copy_(tb.spectral.weight_re[s][:, h])
+        sb.spectral.weight_im.copy_(tb.spectral.weight_im[s][:, h])
+        sb.local.weight.copy_(tb.local.weight[h][:, s])
+        sb.local.bias.copy_(tb.local.bias[h])
+        rows = torch.cat([h, h + wide])
+        sb.film.weight.copy_(tb.film.weight[rows])
+        sb.film.bias.copy_(tb.film.bias[rows])
+        sb.out.weight.copy_(tb.out.weight[s][:, h])
+        sb.out.bias.copy_(tb.out.bias[s])
+    for name in ("delta_head", "context_head"):
+        getattr(student, name).weight.copy_(getattr(teacher, name).weight[:, s])
+        getattr(student, name).bias.copy_(getattr(teacher, name).bias)
+    return student
+
+
+def distill_loss(teacher: HNDSR, student: FNOPrior, up: torch.Tensor, scale: torch.Tensor, context_weight: float):
+    with torch.no_grad():
+        latent = teacher.encoder(up)
+        z0, context = teacher.prior(latent, scale)
+    s_z0, s_context = student(latent, scale)
+    return F.l1_loss(s_z0, z0) + context_weight * F.l1_loss(s_context, context)
+
+
+def distill(cfg: DistillConfig) -> Path:
+    """Prune (or resume) and distill; returns the path of the exported weights (the teacher's
+    file with the student prior, EMA, fp16)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    teacher = HNDSR.load(cfg.teacher)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    images = load_images(cfg.data)
+    bank = PatchBank(images, cfg.patch, torch.device("cpu"), seed=cfg.seed, augment=True)
+    probe = images[:: max(1, len(images) // 6)][:6]
+    val = load_images(cfg.val)[:6] if cfg.val else []
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        student = FNOPrior(width=cfg.width, hidden=cfg.hidden)
+        student.load_state_dict(ckpt["student"])
+        state = ckpt["state"]
+    else:
+        energy = channel_energy(teacher.prior, [teacher_batch(teacher, bank) for _ in range(8)])
+        student = prune_prior(teacher.prior, cfg.width, cfg.hidden, energy)
+        ckpt, state = None, {"step": 0, "elapsed": 0.0}
+    params = dict(student.named_parameters())
+    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    ema = EMA(params, cfg.ema, ckpt["ema"] if ckpt else None)
+    if ckpt:
+        opt.load_state_dict(ckpt["optimizer"])
+    weights_out = out / "hndsr.safetensors"
+
+    def save() -> None:
+        torch.save(
+            {"student": student.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(), "state": state},
+            ckpt_path,
+        )
+        model = copy.deepcopy(teacher)
+        with ema.applied():
+            model.prior = copy.deepcopy(student)
+        model.save(
+            weights_out,
+            extra={"distill_step": str(state["step"]), "distill_elapsed": f"{state['elapsed']:.1f}"},
+        )
+
+    def report(row: dict) -> None:
+        with ema.applied():
+            model = copy.deepcopy(teacher)
+            model.prior = copy.deepcopy(student).eval()
+            row["train_psnr_y"] = round(quick_psnr(model, probe)[0], 3)
+            if val:
+                row["val_psnr_y"] = round(quick_psnr(model, val)[0], 3)
+        print(json.dumps(row), flush=True)
+        with (out / "log.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    t0 = time.time() - state["elapsed"]
+    last_ckpt = last_report = time.time()
+    if state["step"] == 0:
+        report(
+            {
+                "step": 0,
+                "loss": None,
+                "teacher_train_psnr_y": round(quick_psnr(teacher, probe)[0], 3),
+                "teacher_val_psnr_y": round(quick_psnr(teacher, val)[0], 3) if val else None,
+            }
+        )
+    running = []
+    while True:
+        progress = state["step"] / cfg.steps
+        if cfg.seconds:
+            progress = max(progress, state["elapsed"] / cfg.seconds)
+        if progress >= 1:
+            break
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(cfg.lr, state["step"], progress, warmup=100)
+        up, _, scale = bank.batch(cfg.batch)
+        loss = distill_loss(teacher, student, up, scale, cfg.context_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+        opt.step()
+        ema.update()
+        running.append(float(loss.detach()))
+        state["step"] += 1
+        state["elapsed"] = time.time() - t0
+        now = time.time()
+        if now - last_report >= 300:
+            last_report = now
+            report({"step": state["step"], "loss": sum(running) / len(running), "elapsed_s": round(state["elapsed"])})
+            running = []
+        if now - last_ckpt >= cfg.checkpoint_seconds:
+            last_ckpt = now
+            save()
+    save()
+    report({"step": state["step"], "loss": sum(running) / max(len(running), 1), "elapsed_s": round(state["elapsed"])})
+    return weights_out
+
+
+@torch.no_grad()
+def teacher_batch(teacher: HNDSR, bank: PatchBank) -> tuple[torch.Tensor, torch.Tensor]:
+    up, _, scale = bank.batch(8)
+    return teacher.encoder(up), scale
+
+
+if __name__ == "__main__":
+    import typer
+
+    def main(
+        teacher: str = typer.Option("weights/hndsr.safetensors", help="trained weights (the wide prior)"),
+        data: str = typer.Option(..., help="training images"),
+        out: str = typer.Option("runs/distill", help="checkpoints, log and exported weights"),
+        val: str | None = typer.Option(None, help="validation images (reported, not trained on)"),
+        width: int = typer.Option(48, help="residual channels of the narrow prior"),
+        hidden: int = typer.Option(32, help="hidden channels of each of its blocks"),
+        seconds: float = typer.Option(0.0, help="wall-time budget (0 = by steps)"),
+        steps: int = typer.Option(20_000, help="training steps"),
+    ) -> None:
+        """Prune the FNO prior to WIDTH channels and distill it from the trained one."""
+        cfg = DistillConfig(
+            teacher=teacher, data=data, out=out, val=val, width=width, hidden=hidden, seconds=seconds, steps=steps
+        )
+        print(distill(cfg))
+
+    typer.run(main)
