@@ -53,7 +53,7 @@ def channel_energy(prior: FNOPrior, latents: list[tuple[torch.Tensor, torch.Tens
     convolution that reads it)."""
     width = prior.lift.out_channels
     stream = torch.zeros(width)
-    hidden = [torch.zeros(width) for _ in prior.blocks]
+    hidden = [torch.zeros(block.local.out_channels) for block in prior.blocks]
     for latent, scale in latents:
         emb = prior.embedding(scale)
         h = prior.lift(latent)

@@ -10,7 +10,16 @@ import torch
 from hndsr.distill import DistillConfig, channel_energy, distill, prune_prior
 from hndsr.models.hndsr import HNDSR
 
-from .conftest import FIXTURES, random_model
+from .conftest import FIXTURES
+
+
+def _wide_model() -> HNDSR:
+    """Random weights with the original 64/64 prior (the teacher's shape)."""
+    torch.manual_seed(0)
+    model = HNDSR(prior_width=64, prior_hidden=64)
+    with torch.no_grad():
+        model.prior.delta_head.weight.normal_(0, 0.02)
+    return model.eval()
 
 
 def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,7 +31,7 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def test_pruning_drops_exactly_the_silent_channels():
     """A teacher whose last residual and hidden channels carry nothing (their producing weights are
     zero) is reproduced exactly by the pruned student, which must therefore have picked the others."""
-    prior = random_model().prior
+    prior = _wide_model().prior
     width, hidden = 40, 24
     for block in prior.blocks:
         block.local.weight[hidden:] = 0
@@ -46,7 +55,7 @@ def test_pruning_drops_exactly_the_silent_channels():
 
 @torch.no_grad()
 def test_pruning_to_full_width_is_the_identity():
-    prior = random_model().prior
+    prior = _wide_model().prior
     student = prune_prior(prior, 64, 64, channel_energy(prior, [_inputs(1)]))
     for got, want in zip(student(*_inputs(2)), prior(*_inputs(2))):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
@@ -54,7 +63,7 @@ def test_pruning_to_full_width_is_the_identity():
 
 def test_distill_runs_resumes_and_exports_a_narrow_model(tmp_path):
     teacher = tmp_path / "teacher.safetensors"
-    random_model().save(teacher)
+    _wide_model().save(teacher)
     cfg = DistillConfig(
         teacher=str(teacher),
         data=str(FIXTURES / "train"),

@@ -17,7 +17,7 @@ def test_stage_shapes(model):
 
 def test_parameter_counts_are_the_documented_ones(model):
     # The README quotes these numbers; a change of architecture must update both.
-    assert model.parameter_counts() == {"encoder": 85_488, "prior": 3_432_960, "unet": 683_280, "decoder": 85_488}
+    assert model.parameter_counts() == {"encoder": 85_488, "prior": 1_322_176, "unet": 683_280, "decoder": 85_488}
 
 
 def test_the_unet_sees_the_prior(model):

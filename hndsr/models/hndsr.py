@@ -37,11 +37,13 @@ def model_facts() -> dict[str, str]:
 class HNDSR(nn.Module):
     """Container of the stage networks.
 
+    The FNO prior has ``prior_width`` residual and ``prior_hidden`` per-block channels (the served
+    weights: 48/32, distilled from a 64/64 prior by ``hndsr.distill``).
     ``residual_scale`` maps diffused units to latent units; ``start_timestep`` is the DDIM
     timestep the generative path starts from (its perception-distortion strength).
     """
 
-    def __init__(self, prior_width: int = 64, prior_hidden: int | None = None) -> None:
+    def __init__(self, prior_width: int = 48, prior_hidden: int | None = 32) -> None:
         super().__init__()
         self.encoder = Encoder()
         self.prior = FNOPrior(width=prior_width, hidden=prior_hidden)

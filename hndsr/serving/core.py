@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import threading
 import time
 
 import numpy as np
@@ -54,6 +55,24 @@ def release_free_memory() -> None:
         trim(0)
 
 
+class HeapTrimmer:
+    """Calls ``release_free_memory`` on a daemon thread after each request, so its 2-15 ms are not
+    spent on the response path (ctypes releases the GIL while it runs)."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Event()
+        threading.Thread(target=self._run, name="heap-trimmer", daemon=True).start()
+
+    def request(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            release_free_memory()
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -69,6 +88,7 @@ class TritonPythonModel:
         self.admission = Admission.from_env(params)
         lower_priority()
         self.stage_retry_s = float(params.get("stage_retry_s", DEFAULT_STAGE_RETRY_S))
+        self.trimmer = HeapTrimmer()
         self._init_metrics()
 
     def finalize(self) -> None:
@@ -93,7 +113,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         responses = [self._respond(request) for request in requests]
-        release_free_memory()
+        self.trimmer.request()
         return responses
 
     def _respond(self, request):
