@@ -51,9 +51,9 @@ def channel_energy(prior: FNOPrior, latents: list[tuple[torch.Tensor, torch.Tens
     """Mean squared activation per channel of the residual stream (summed over the block inputs
     and the trunk output) and of each block's hidden layer (weighted by the norm of the output
     convolution that reads it)."""
-    width = prior.lift.out_channels
-    stream = torch.zeros(width)
-    hidden = [torch.zeros(block.local.out_channels) for block in prior.blocks]
+    device = prior.lift.weight.device
+    stream = torch.zeros(prior.lift.out_channels, device=device)
+    hidden = [torch.zeros(block.local.out_channels, device=device) for block in prior.blocks]
     for latent, scale in latents:
         emb = prior.embedding(scale)
         h = prior.lift(latent)
@@ -115,22 +115,24 @@ def distill(cfg: DistillConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    teacher = HNDSR.load(cfg.teacher)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = HNDSR.load(cfg.teacher, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     images = load_images(cfg.data)
-    bank = PatchBank(images, cfg.patch, torch.device("cpu"), seed=cfg.seed, augment=True)
+    bank = PatchBank(images, cfg.patch, device, seed=cfg.seed, augment=True)
     probe = images[:: max(1, len(images) // 6)][:6]
     val = load_images(cfg.val)[:6] if cfg.val else []
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         student = FNOPrior(width=cfg.width, hidden=cfg.hidden)
         student.load_state_dict(ckpt["student"])
+        student.to(device)
         state = ckpt["state"]
     else:
         energy = channel_energy(teacher.prior, [teacher_batch(teacher, bank) for _ in range(8)])
-        student = prune_prior(teacher.prior, cfg.width, cfg.hidden, energy)
+        student = prune_prior(teacher.prior, cfg.width, cfg.hidden, energy).to(device)
         ckpt, state = None, {"step": 0, "elapsed": 0.0}
     params = dict(student.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
