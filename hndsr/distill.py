@@ -41,6 +41,10 @@ class DistillConfig:
     lr: float = 3e-4
     ema: float = 0.999
     context_weight: float = 0.5
+    gt_weight: float = 0.0
+    """Weight of an L1 loss between the decoded student prior and the HR patch (0 = pure distillation)."""
+    init_student: str | None = None
+    """Start from the (narrow) prior in these weights instead of pruning the teacher's."""
     checkpoint_seconds: float = 600.0
     seed: int = 0
     threads: int = 0
@@ -99,12 +103,23 @@ def prune_prior(teacher: FNOPrior, width: int, hidden: int, energy: dict[str, to
     return student
 
 
-def distill_loss(teacher: HNDSR, student: FNOPrior, up: torch.Tensor, scale: torch.Tensor, context_weight: float):
+def distill_loss(
+    teacher: HNDSR,
+    student: FNOPrior,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    context_weight: float,
+    gt_weight: float = 0.0,
+) -> torch.Tensor:
+    """L1 to the teacher's z0 and context, plus (``gt_weight``) L1 of the decoded z0 to HR."""
+    up, hr, scale = batch
     with torch.no_grad():
         latent = teacher.encoder(up)
         z0, context = teacher.prior(latent, scale)
     s_z0, s_context = student(latent, scale)
-    return F.l1_loss(s_z0, z0) + context_weight * F.l1_loss(s_context, context)
+    loss = F.l1_loss(s_z0, z0) + context_weight * F.l1_loss(s_context, context)
+    if gt_weight:
+        loss = loss + gt_weight * F.l1_loss(teacher.decoder(s_z0), hr)
+    return loss
 
 
 def distill(cfg: DistillConfig) -> Path:
@@ -130,6 +145,10 @@ def distill(cfg: DistillConfig) -> Path:
         student.load_state_dict(ckpt["student"])
         student.to(device)
         state = ckpt["state"]
+    elif cfg.init_student:
+        student = HNDSR.load(cfg.init_student, device).prior
+        state = {"step": 0, "elapsed": 0.0}
+        ckpt = None
     else:
         energy = channel_energy(teacher.prior, [teacher_batch(teacher, bank) for _ in range(8)])
         student = prune_prior(teacher.prior, cfg.width, cfg.hidden, energy).to(device)
@@ -185,8 +204,7 @@ def distill(cfg: DistillConfig) -> Path:
             break
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], progress, warmup=100)
-        up, _, scale = bank.batch(cfg.batch)
-        loss = distill_loss(teacher, student, up, scale, cfg.context_weight)
+        loss = distill_loss(teacher, student, bank.batch(cfg.batch), cfg.context_weight, cfg.gt_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -226,10 +244,23 @@ if __name__ == "__main__":
         hidden: int = typer.Option(32, help="hidden channels of each of its blocks"),
         seconds: float = typer.Option(0.0, help="wall-time budget (0 = by steps)"),
         steps: int = typer.Option(20_000, help="training steps"),
+        lr: float = typer.Option(3e-4, help="peak learning rate (warm-up, then cosine)"),
+        gt_weight: float = typer.Option(0.0, help="weight of L1(decoder(student z0), HR) beside the distillation"),
+        init_student: str | None = typer.Option(None, help="start from this file's prior instead of pruning"),
     ) -> None:
         """Prune the FNO prior to WIDTH channels and distill it from the trained one."""
         cfg = DistillConfig(
-            teacher=teacher, data=data, out=out, val=val, width=width, hidden=hidden, seconds=seconds, steps=steps
+            teacher=teacher,
+            data=data,
+            out=out,
+            val=val,
+            width=width,
+            hidden=hidden,
+            seconds=seconds,
+            steps=steps,
+            lr=lr,
+            gt_weight=gt_weight,
+            init_student=init_student,
         )
         print(distill(cfg))
 

@@ -87,3 +87,28 @@ def test_distill_runs_resumes_and_exports_a_narrow_model(tmp_path):
     cfg.steps = 5  # resume from the checkpoint and train two more steps
     distill(cfg)
     assert HNDSR.metadata(weights)["distill_step"] == "5"
+
+
+def test_distill_can_continue_from_a_narrow_prior_with_a_pixel_loss(tmp_path):
+    teacher, start = tmp_path / "teacher.safetensors", tmp_path / "start.safetensors"
+    _wide_model().save(teacher)
+    narrow = HNDSR(prior_width=32, prior_hidden=16)
+    narrow.save(start)
+    cfg = DistillConfig(
+        teacher=str(teacher),
+        data=str(FIXTURES / "train"),
+        out=str(tmp_path / "run"),
+        width=32,
+        hidden=16,
+        steps=2,
+        batch=2,
+        patch=64,
+        threads=1,
+        gt_weight=1.0,
+        init_student=str(start),
+    )
+    model = HNDSR.load(distill(cfg))
+    assert model.architecture() == {"prior_width": 32, "prior_hidden": 16}
+    # It trained the given prior (not a pruned teacher): close to it, not equal.
+    delta = [(a - b).abs().max() for a, b in zip(model.prior.parameters(), HNDSR.load(start).prior.parameters())]
+    assert 0 < max(delta) < 0.05
