@@ -63,8 +63,7 @@ def channel_energy(prior: FNOPrior, latents: list[tuple[torch.Tensor, torch.Tens
         h = prior.lift(latent)
         for i, block in enumerate(prior.blocks):
             stream += h.pow(2).mean((0, 2, 3))
-            gamma, beta = block.film(emb)[:, :, None, None].chunk(2, dim=1)
-            a = F.gelu((block.spectral(h) + block.local(h)) * (1 + gamma) + beta)
+            a = block.hidden(h, emb)
             hidden[i] += a.pow(2).mean((0, 2, 3)) * block.out.weight.pow(2).sum((0, 2, 3))
             h = h + block.out(a)
         stream += F.gelu(h).pow(2).mean((0, 2, 3))
@@ -159,24 +158,24 @@ def distill(cfg: DistillConfig) -> Path:
     if ckpt:
         opt.load_state_dict(ckpt["optimizer"])
     weights_out = out / "hndsr.safetensors"
+    # The served model: the teacher's other stages around the student (shared, so the EMA weights
+    # swapped into the student are what gets saved and scored).
+    model = copy.deepcopy(teacher)
+    model.prior = student
 
     def save() -> None:
         torch.save(
             {"student": student.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(), "state": state},
             ckpt_path,
         )
-        model = copy.deepcopy(teacher)
         with ema.applied():
-            model.prior = copy.deepcopy(student)
-        model.save(
-            weights_out,
-            extra={"distill_step": str(state["step"]), "distill_elapsed": f"{state['elapsed']:.1f}"},
-        )
+            model.save(
+                weights_out,
+                extra={"distill_step": str(state["step"]), "distill_elapsed": f"{state['elapsed']:.1f}"},
+            )
 
     def report(row: dict) -> None:
         with ema.applied():
-            model = copy.deepcopy(teacher)
-            model.prior = copy.deepcopy(student).eval()
             row["train_psnr_y"] = round(quick_psnr(model, probe)[0], 3)
             if val:
                 row["val_psnr_y"] = round(quick_psnr(model, val)[0], 3)

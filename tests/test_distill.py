@@ -4,6 +4,7 @@ exports weights that load as a narrower model."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -61,21 +62,26 @@ def test_pruning_to_full_width_is_the_identity():
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
-def test_distill_runs_resumes_and_exports_a_narrow_model(tmp_path):
+def _tiny_run(tmp_path, **settings) -> tuple[DistillConfig, Path]:
+    """A distillation of a random wide teacher into a 32/16 prior on the training fixture."""
     teacher = tmp_path / "teacher.safetensors"
     _wide_model().save(teacher)
     cfg = DistillConfig(
         teacher=str(teacher),
         data=str(FIXTURES / "train"),
-        val=str(FIXTURES),
         out=str(tmp_path / "run"),
         width=32,
         hidden=16,
-        steps=3,
         batch=2,
         patch=64,
         threads=1,
+        **settings,
     )
+    return cfg, teacher
+
+
+def test_distill_runs_resumes_and_exports_a_narrow_model(tmp_path):
+    cfg, teacher = _tiny_run(tmp_path, val=str(FIXTURES), steps=3)
     weights = distill(cfg)
     model = HNDSR.load(weights)
     assert model.architecture() == {"prior_width": 32, "prior_hidden": 16}
@@ -90,23 +96,9 @@ def test_distill_runs_resumes_and_exports_a_narrow_model(tmp_path):
 
 
 def test_distill_can_continue_from_a_narrow_prior_with_a_pixel_loss(tmp_path):
-    teacher, start = tmp_path / "teacher.safetensors", tmp_path / "start.safetensors"
-    _wide_model().save(teacher)
-    narrow = HNDSR(prior_width=32, prior_hidden=16)
-    narrow.save(start)
-    cfg = DistillConfig(
-        teacher=str(teacher),
-        data=str(FIXTURES / "train"),
-        out=str(tmp_path / "run"),
-        width=32,
-        hidden=16,
-        steps=2,
-        batch=2,
-        patch=64,
-        threads=1,
-        gt_weight=1.0,
-        init_student=str(start),
-    )
+    start = tmp_path / "start.safetensors"
+    HNDSR(prior_width=32, prior_hidden=16).save(start)
+    cfg, _ = _tiny_run(tmp_path, steps=2, gt_weight=1.0, init_student=str(start))
     model = HNDSR.load(distill(cfg))
     assert model.architecture() == {"prior_width": 32, "prior_hidden": 16}
     # It trained the given prior (not a pruned teacher): close to it, not equal.

@@ -24,10 +24,13 @@ class FNOBlock(nn.Module):
         self.film = nn.Linear(emb_dim, 2 * hidden)
         self.out = nn.Conv2d(hidden, width, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The activation the output projection reads (``hndsr.distill`` measures it to prune)."""
         gamma, beta = self.film(emb)[:, :, None, None].chunk(2, dim=1)
-        h = (self.spectral(x) + self.local(x)) * (1 + gamma) + beta
-        return x + self.out(F.gelu(h))
+        return F.gelu((self.spectral(x) + self.local(x)) * (1 + gamma) + beta)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return x + self.out(self.hidden(x, emb))
 
 
 class FNOPrior(nn.Module):
