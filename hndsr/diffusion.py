@@ -72,6 +72,11 @@ class DDIMScheduler:
         a = self.alphas_cumprod.to(x0.device)[timesteps].float().view(-1, *([1] * (x0.dim() - 1)))
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
+    def predicted_x0(self, v: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x0 = sqrt(a) * x_t - sqrt(1 - a) * v for a batch with one timestep per sample (training)."""
+        a = self.alphas_cumprod.to(sample.device)[timesteps].float().view(-1, *([1] * (sample.dim() - 1)))
+        return a.sqrt() * sample - (1 - a).sqrt() * v
+
     def step(
         self,
         v: torch.Tensor,

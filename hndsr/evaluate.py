@@ -34,14 +34,15 @@ class Pair:
     lr: np.ndarray
 
 
+def load_pair(name: str, hr: np.ndarray, scale: int) -> Pair:
+    """The protocol's pair: HR cropped to a multiple of ``scale``, LR by bicubic downscale."""
+    h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+    hr = np.ascontiguousarray(hr[:h, :w])
+    return Pair(name, hr, bicubic_downscale(hr, (h // scale, w // scale)))
+
+
 def load_pairs(data: str | Path, scale: int, limit: int | None = None) -> list[Pair]:
-    pairs = []
-    for path in list_images(data)[:limit]:
-        hr = read_rgb(path)
-        h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
-        hr = np.ascontiguousarray(hr[:h, :w])
-        pairs.append(Pair(path.stem, hr, bicubic_downscale(hr, (h // scale, w // scale))))
-    return pairs
+    return [load_pair(path.stem, read_rgb(path), scale) for path in list_images(data)[:limit]]
 
 
 @dataclass

@@ -169,3 +169,18 @@ def test_training_targets_are_the_forward_process():
     for i, t in enumerate(timesteps):
         torch.testing.assert_close(xt[i], forward(x0[i], noise[i], t), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(v[i], oracle_v(x0[i], noise[i], t), rtol=1e-5, atol=1e-5)
+
+
+def test_batched_x0_prediction_is_the_steps_x0():
+    """``predicted_x0`` (what the adversarial fine-tune decodes, one timestep per sample) is the
+    x0 that ``step`` predicts at each of those timesteps, and inverts the forward process."""
+    s = DDIMScheduler()
+    x0, noise = (x.float() for x in data(3))
+    timesteps = [0, 149, 999]
+    xt = s.add_noise(x0, noise, torch.tensor(timesteps))
+    v = s.velocity(x0, noise, torch.tensor(timesteps))
+    got = s.predicted_x0(v, xt, torch.tensor(timesteps))
+    torch.testing.assert_close(got, x0, rtol=1e-4, atol=1e-4)
+    for i, t in enumerate(timesteps):
+        s.set_timesteps(1, start=t)
+        torch.testing.assert_close(got[i], s.step(v[i], t, xt[i])[1].float(), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,257 @@
+"""Adversarial fine-tuning of the diffusion UNet: sharper, more natural texture from few steps.
+
+The UNet trained with the v-MSE loss alone predicts the conditional mean of the residual, so
+its x0 predictions, and therefore the sampler's output, stay smooth (NIQE 5.6 on val against 2.9
+for the HR images). Here the UNet (only; encoder, prior and decoder stay frozen) learns to make
+its x0 prediction, decoded and de-gridded exactly as the served pipeline does, look like HR
+patches to a small patch discriminator, anchored by an L1 loss to the HR patch and the original
+v-MSE loss (so it stays a diffusion model for more steps).
+
+Each batch is half sampler starts (the prior's zero residual noised to ``start_timestep``, what the
+served path's first UNet call sees) and half forward-process inputs (the true residual noised to
+a random timestep at or below the start, what later calls of a many-step chain see). Resumable
+like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights exported with it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from hndsr.data import PatchBank, load_images
+from hndsr.degrid import remove_grid_pattern
+from hndsr.diffusion import DDIMScheduler
+from hndsr.models.hndsr import HNDSR
+from hndsr.train import EMA, diffusion_inputs, learning_rate
+
+
+@dataclass
+class AdversarialConfig:
+    init: str
+    data: str
+    out: str = "runs/adversarial"
+    val: str | None = None
+    steps: int = 20_000
+    seconds: float = 0.0
+    batch: int = 8
+    patch: int = 128
+    lr: float = 5e-5
+    disc_lr: float = 1e-4
+    adv_weight: float = 0.02
+    """Weight of the generator's adversarial loss (the L1 loss has weight 1)."""
+    v_weight: float = 0.1
+    """Weight of the original v-MSE loss on the forward-process half (keeps many-step chains sane)."""
+    ema: float = 0.999
+    checkpoint_seconds: float = 600.0
+    report_seconds: float = 300.0
+    seed: int = 0
+    threads: int = 0
+
+
+class PatchDiscriminator(nn.Module):
+    """Spectrally normalised conv net giving one real/fake logit per ~30 px receptive field."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        chans = (3, width, 2 * width, 4 * width, 4 * width)
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(chans, chans[1:])):
+            conv = nn.Conv2d(cin, cout, 4 if i else 3, stride=2 if i else 1, padding=1)
+            layers += [spectral_norm(conv), nn.LeakyReLU(0.2)]
+        layers.append(spectral_norm(nn.Conv2d(chans[-1], 1, 3, padding=1)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image * 2 - 1)
+
+
+def decode_served(model: HNDSR, latent: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The served output for a batch of latents: decoded, then de-gridded detail over the canvas."""
+    detail = model.decoder(latent) - up
+    return up + remove_grid_pattern(detail.flatten(0, 1)).view_as(detail)
+
+
+def predicted_sr(
+    model: HNDSR, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SR from the UNet's x0 prediction, v-MSE loss on the forward-process half of the batch)."""
+    x0, z0, context = diffusion_inputs(model, up, hr, scale)
+    context = context.detach()
+    half = x0.shape[0] // 2
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, start + 1, (x0.shape[0],), device=x0.device)
+    t[:half] = start
+    # First half: the sampler's start (zero residual noised); second: the forward process.
+    x_t = sched.add_noise(torch.cat([torch.zeros_like(x0[:half]), x0[half:]]), noise, t)
+    v = model.unet(x_t, t.float(), z0, context)
+    x0_pred = sched.predicted_x0(v, x_t, t)
+    v_loss = F.mse_loss(v[half:], sched.velocity(x0[half:], noise[half:], t[half:]))
+    return decode_served(model, z0 + x0_pred / model.residual_scale, up), v_loss
+
+
+@torch.no_grad()
+def probe_scores(model: HNDSR, images: list[np.ndarray], steps: int = 1, scale: int = 4) -> dict[str, float]:
+    """``hndsr eval``'s scores of the served path (``steps``) on whole images: the fine-tune's proxy."""
+    from hndsr.evaluate import MethodScores, load_pair, torch_upscaler
+    from hndsr.niqe import DEFAULT_PARAMS
+
+    was_training = model.training
+    upscale = torch_upscaler(model, scale, steps)
+    scores = MethodScores()
+    for im in images:
+        pair = load_pair("probe", im, scale)
+        scores.add(upscale(pair.lr, pair.hr.shape[:2]), pair.hr, scale, DEFAULT_PARAMS, 0.0)
+    model.train(was_training)
+    summary = scores.summary()
+    return {k: round(summary[k], 3) for k in ("psnr_y", "ssim_y", "haarpsi", "niqe", "periodic_ratio")}
+
+
+def adversarial(cfg: AdversarialConfig) -> Path:
+    """Fine-tune (or resume); returns the path of the exported weights (EMA UNet, fp16)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = HNDSR.load(cfg.init, device)
+    disc = PatchDiscriminator().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = dict(model.unet.named_parameters())
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, weight_decay=0.0, betas=(0.9, 0.99))
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    state = {"step": 0, "elapsed": 0.0}
+    if ckpt:
+        model.unet.load_state_dict(ckpt["unet"])
+        disc.load_state_dict(ckpt["disc"])
+        opt.load_state_dict(ckpt["optimizer"])
+        disc_opt.load_state_dict(ckpt["disc_optimizer"])
+        state = ckpt["state"]
+    ema = EMA(params, cfg.ema, ckpt["ema"] if ckpt else None)
+    images = load_images(cfg.data)
+    bank = PatchBank(images, cfg.patch, device, seed=cfg.seed + state["step"], augment=True)
+    probe = images[:: max(1, len(images) // 6)][:6]
+    val = load_images(cfg.val)[:6] if cfg.val else []
+    sched = DDIMScheduler()
+    start = int(round(float(model.start_timestep)))
+    weights_out = out / "hndsr.safetensors"
+
+    def save() -> None:
+        torch.save(
+            {
+                "unet": model.unet.state_dict(),
+                "disc": disc.state_dict(),
+                "optimizer": opt.state_dict(),
+                "disc_optimizer": disc_opt.state_dict(),
+                "ema": ema.state_dict(),
+                "state": state,
+            },
+            ckpt_path,
+        )
+        with ema.applied():
+            model.save(weights_out, extra={"adv_step": str(state["step"]), "adv_elapsed": f"{state['elapsed']:.1f}"})
+
+    def report(row: dict) -> None:
+        with ema.applied():
+            row["train"] = probe_scores(model, probe)
+            if val:
+                row["val"] = probe_scores(model, val)
+        print(json.dumps(row), flush=True)
+        with (out / "log.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    if state["step"] == 0:
+        report({"step": 0})
+    model.unet.train()
+    t0 = time.time() - state["elapsed"]
+    last_ckpt = last_report = time.time()
+    running: dict[str, list[float]] = {"l1": [], "v": [], "adv": [], "disc": []}
+    while True:
+        progress = state["step"] / cfg.steps
+        if cfg.seconds:
+            progress = max(progress, state["elapsed"] / cfg.seconds)
+        if progress >= 1:
+            break
+        lr_factor = learning_rate(1.0, state["step"], progress, warmup=100)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor
+        up, hr, scale = bank.batch(cfg.batch)
+        sr, v_loss = predicted_sr(model, up, hr, scale, sched, start)
+        l1 = F.l1_loss(sr, hr)
+        adv = F.softplus(-disc(sr)).mean()
+        loss = l1 + cfg.v_weight * v_loss + cfg.adv_weight * adv
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+        opt.step()
+        ema.update()
+        disc_loss = F.softplus(-disc(hr)).mean() + F.softplus(disc(sr.detach())).mean()
+        disc_opt.zero_grad(set_to_none=True)
+        disc_loss.backward()
+        disc_opt.step()
+        for k, v in (("l1", l1), ("v", v_loss), ("adv", adv), ("disc", disc_loss)):
+            running[k].append(float(v.detach()))
+        state["step"] += 1
+        state["elapsed"] = time.time() - t0
+        now = time.time()
+        if now - last_report >= cfg.report_seconds:
+            last_report = now
+            row = {k: round(sum(v) / len(v), 4) for k, v in running.items()}
+            report({"step": state["step"], "elapsed_s": round(state["elapsed"]), **row})
+            running = {k: [] for k in running}
+        if now - last_ckpt >= cfg.checkpoint_seconds:
+            last_ckpt = now
+            save()
+    save()
+    report({"step": state["step"], "elapsed_s": round(state["elapsed"])})
+    return weights_out
+
+
+if __name__ == "__main__":
+    import typer
+
+    def main(
+        init: str = typer.Option("weights/hndsr.safetensors", help="trained weights to fine-tune the UNet of"),
+        data: str = typer.Option(..., help="training images"),
+        out: str = typer.Option("runs/adversarial", help="checkpoints, log and exported weights"),
+        val: str | None = typer.Option(None, help="validation images (reported, not trained on)"),
+        seconds: float = typer.Option(0.0, help="wall-time budget (0 = by steps)"),
+        steps: int = typer.Option(20_000, help="training steps"),
+        batch: int = typer.Option(8, help="patches per step (half sampler starts, half forward process)"),
+        patch: int = typer.Option(128, help="HR patch side"),
+        lr: float = typer.Option(5e-5, help="UNet peak learning rate"),
+        adv_weight: float = typer.Option(0.02, help="weight of the adversarial loss"),
+        v_weight: float = typer.Option(0.1, help="weight of the v-MSE diffusion loss"),
+        threads: int = typer.Option(0, help="CPU threads (0 = PyTorch's default)"),
+    ) -> None:
+        """Fine-tune the UNet with a patch discriminator beside L1 and v-MSE."""
+        cfg = AdversarialConfig(
+            init=init,
+            data=data,
+            out=out,
+            val=val,
+            seconds=seconds,
+            steps=steps,
+            batch=batch,
+            patch=patch,
+            lr=lr,
+            adv_weight=adv_weight,
+            v_weight=v_weight,
+            threads=threads,
+        )
+        print(adversarial(cfg))
+
+    typer.run(main)
