@@ -4,13 +4,14 @@ The UNet trained with the v-MSE loss alone predicts the conditional mean of the 
 its x0 predictions, and therefore the sampler's output, stay smooth (NIQE 5.6 on val against 2.9
 for the HR images). Here the UNet (only; encoder, prior and decoder stay frozen) learns to make
 its x0 prediction, decoded and de-gridded exactly as the served pipeline does, look like HR
-patches to a small patch discriminator, anchored by an L1 loss to the HR patch and the original
-v-MSE loss (so it stays a diffusion model for more steps).
+patches to a small patch discriminator, anchored by an L1 loss to the HR patch and to its 4x4
+cell means (the tone the LR image pins down).
 
-Each batch is half sampler starts (the prior's zero residual noised to ``start_timestep``, what the
-served path's first UNet call sees) and half forward-process inputs (the true residual noised to
-a random timestep at or below the start, what later calls of a many-step chain see). Resumable
-like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights exported with it.
+Each patch is scored twice along the sampler's chain (``chain_sr``): at its start (the prior's zero
+residual noised to ``start_timestep``, what the served path's first UNet call sees) and at a random
+earlier timestep from that prediction re-noised (what later calls of a longer chain see), so every
+step count of the UI gets the same texture. Resumable like ``hndsr.train``: a checkpoint every
+``checkpoint_seconds``, EMA weights exported with it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from hndsr.data import PatchBank, load_images
 from hndsr.degrid import remove_grid_pattern
 from hndsr.diffusion import DDIMScheduler
 from hndsr.models.hndsr import HNDSR
-from hndsr.train import EMA, diffusion_inputs, learning_rate
+from hndsr.train import EMA, learning_rate
 
 
 @dataclass
@@ -47,8 +48,8 @@ class AdversarialConfig:
     disc_lr: float = 1e-4
     adv_weight: float = 0.02
     """Weight of the generator's adversarial loss (the L1 loss has weight 1)."""
-    v_weight: float = 0.1
-    """Weight of the original v-MSE loss on the forward-process half (keeps many-step chains sane)."""
+    lowfreq_weight: float = 1.0
+    """Weight of an extra L1 on 4x4 cell means (the content the LR image pins down: texture may vary, tone may not)."""
     ema: float = 0.999
     checkpoint_seconds: float = 600.0
     report_seconds: float = 300.0
@@ -79,22 +80,22 @@ def decode_served(model: HNDSR, latent: torch.Tensor, up: torch.Tensor) -> torch
     return up + remove_grid_pattern(detail.flatten(0, 1)).view_as(detail)
 
 
-def predicted_sr(
-    model: HNDSR, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, start: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(SR from the UNet's x0 prediction, v-MSE loss on the forward-process half of the batch)."""
-    x0, z0, context = diffusion_inputs(model, up, hr, scale)
-    context = context.detach()
-    half = x0.shape[0] // 2
-    noise = torch.randn_like(x0)
-    t = torch.randint(0, start + 1, (x0.shape[0],), device=x0.device)
-    t[:half] = start
-    # First half: the sampler's start (zero residual noised); second: the forward process.
-    x_t = sched.add_noise(torch.cat([torch.zeros_like(x0[:half]), x0[half:]]), noise, t)
-    v = model.unet(x_t, t.float(), z0, context)
-    x0_pred = sched.predicted_x0(v, x_t, t)
-    v_loss = F.mse_loss(v[half:], sched.velocity(x0[half:], noise[half:], t[half:]))
-    return decode_served(model, z0 + x0_pred / model.residual_scale, up), v_loss
+def chain_sr(model: HNDSR, up: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, start: int) -> torch.Tensor:
+    """SR [2B, 3, H, W] decoded from the UNet's x0 predictions at two points of the sampler's chain:
+    its start (the prior's zero residual noised to ``start``), then, for the same patches, a random
+    earlier timestep from that first prediction re-noised (what later steps of a longer chain see)."""
+    with torch.no_grad():
+        z0, context = model.prior(model.encoder(up), scale)
+    batch = up.shape[0]
+    zeros = torch.zeros_like(z0)
+    t_start = torch.full((batch,), start, device=up.device)
+    x_start = sched.add_noise(zeros, torch.randn_like(z0), t_start)
+    x0_start = sched.predicted_x0(model.unet(x_start, t_start.float(), z0, context), x_start, t_start)
+    t_later = torch.randint(0, start, (batch,), device=up.device)
+    x_later = sched.add_noise(x0_start.detach(), torch.randn_like(z0), t_later)
+    x0_later = sched.predicted_x0(model.unet(x_later, t_later.float(), z0, context), x_later, t_later)
+    latent = torch.cat([z0, z0]) + torch.cat([x0_start, x0_later]) / model.residual_scale
+    return decode_served(model, latent, torch.cat([up, up]))
 
 
 @torch.no_grad()
@@ -178,7 +179,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
     model.unet.train()
     t0 = time.time() - state["elapsed"]
     last_ckpt = last_report = time.time()
-    running: dict[str, list[float]] = {"l1": [], "v": [], "adv": [], "disc": []}
+    running: dict[str, list[float]] = {"l1": [], "adv": [], "disc": []}
     while True:
         progress = state["step"] / cfg.steps
         if cfg.seconds:
@@ -189,10 +190,11 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor
         up, hr, scale = bank.batch(cfg.batch)
-        sr, v_loss = predicted_sr(model, up, hr, scale, sched, start)
-        l1 = F.l1_loss(sr, hr)
+        sr = chain_sr(model, up, scale, sched, start)
+        hr = torch.cat([hr, hr])
+        l1 = F.l1_loss(sr, hr) + cfg.lowfreq_weight * F.l1_loss(F.avg_pool2d(sr, 4), F.avg_pool2d(hr, 4))
         adv = F.softplus(-disc(sr)).mean()
-        loss = l1 + cfg.v_weight * v_loss + cfg.adv_weight * adv
+        loss = l1 + cfg.adv_weight * adv
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -202,7 +204,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         disc_opt.zero_grad(set_to_none=True)
         disc_loss.backward()
         disc_opt.step()
-        for k, v in (("l1", l1), ("v", v_loss), ("adv", adv), ("disc", disc_loss)):
+        for k, v in (("l1", l1), ("adv", adv), ("disc", disc_loss)):
             running[k].append(float(v.detach()))
         state["step"] += 1
         state["elapsed"] = time.time() - t0
@@ -230,11 +232,11 @@ if __name__ == "__main__":
         val: str | None = typer.Option(None, help="validation images (reported, not trained on)"),
         seconds: float = typer.Option(0.0, help="wall-time budget (0 = by steps)"),
         steps: int = typer.Option(20_000, help="training steps"),
-        batch: int = typer.Option(8, help="patches per step (half sampler starts, half forward process)"),
+        batch: int = typer.Option(8, help="patches per step (each scored at two timesteps of the chain)"),
         patch: int = typer.Option(128, help="HR patch side"),
         lr: float = typer.Option(5e-5, help="UNet peak learning rate"),
         adv_weight: float = typer.Option(0.02, help="weight of the adversarial loss"),
-        v_weight: float = typer.Option(0.1, help="weight of the v-MSE diffusion loss"),
+        lowfreq_weight: float = typer.Option(1.0, help="weight of the L1 on 4x4 cell means"),
         threads: int = typer.Option(0, help="CPU threads (0 = PyTorch's default)"),
     ) -> None:
         """Fine-tune the UNet with a patch discriminator beside L1 and v-MSE."""
@@ -249,7 +251,7 @@ if __name__ == "__main__":
             patch=patch,
             lr=lr,
             adv_weight=adv_weight,
-            v_weight=v_weight,
+            lowfreq_weight=lowfreq_weight,
             threads=threads,
         )
         print(adversarial(cfg))
