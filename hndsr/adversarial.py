@@ -17,7 +17,6 @@ step count of the UI gets the same texture. Resumable like ``hndsr.train``: a ch
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from hndsr.budget import Budget
 from hndsr.data import PatchBank, load_images
 from hndsr.degrid import remove_grid_pattern
 from hndsr.diffusion import DDIMScheduler
@@ -48,6 +48,8 @@ class AdversarialConfig:
     disc_lr: float = 1e-4
     adv_weight: float = 0.02
     """Weight of the generator's adversarial loss (the L1 loss has weight 1)."""
+    feature_weight: float = 0.2
+    """Weight of the discriminator feature-matching loss."""
     lowfreq_weight: float = 1.0
     """Weight of an extra L1 on 4x4 cell means (the content the LR image pins down: texture may vary, tone may not)."""
     ema: float = 0.999
@@ -70,8 +72,30 @@ class PatchDiscriminator(nn.Module):
         layers.append(spectral_norm(nn.Conv2d(chans[-1], 1, 3, padding=1)))
         self.net = nn.Sequential(*layers)
 
+    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The activations after each hidden layer, then the logits."""
+        out, h = [], image * 2 - 1
+        for layer in self.net:
+            h = layer(h)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(h)
+        return [*out, h]
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image * 2 - 1)
+        return self.features(image)[-1]
+
+
+def feature_matching(disc: PatchDiscriminator, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Generator's adversarial loss, L1 between the discriminator's hidden features of SR and HR).
+
+    The feature term (pix2pixHD) is a perceptual loss learned on this data: no pretrained network
+    is available offline here.
+    """
+    fake = disc.features(sr)
+    with torch.no_grad():
+        real = disc.features(hr)
+    matching = sum(F.l1_loss(f, r) for f, r in zip(fake[:-1], real[:-1])) / (len(fake) - 1)
+    return F.softplus(-fake[-1]).mean(), matching
 
 
 def decode_served(model: HNDSR, latent: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -177,24 +201,16 @@ def adversarial(cfg: AdversarialConfig) -> Path:
     if state["step"] == 0:
         report({"step": 0})
     model.unet.train()
-    t0 = time.time() - state["elapsed"]
-    last_ckpt = last_report = time.time()
-    running: dict[str, list[float]] = {"l1": [], "adv": [], "disc": []}
-    while True:
-        progress = state["step"] / cfg.steps
-        if cfg.seconds:
-            progress = max(progress, state["elapsed"] / cfg.seconds)
-        if progress >= 1:
-            break
-        lr_factor = learning_rate(1.0, state["step"], progress, warmup=100)
+    budget = Budget(state, cfg.steps, cfg.seconds, report, save, cfg.report_seconds, cfg.checkpoint_seconds)
+    while budget.active():
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor
+            g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
         up, hr, scale = bank.batch(cfg.batch)
         sr = chain_sr(model, up, scale, sched, start)
         hr = torch.cat([hr, hr])
         l1 = F.l1_loss(sr, hr) + cfg.lowfreq_weight * F.l1_loss(F.avg_pool2d(sr, 4), F.avg_pool2d(hr, 4))
-        adv = F.softplus(-disc(sr)).mean()
-        loss = l1 + cfg.adv_weight * adv
+        adv, matching = feature_matching(disc, sr, hr)
+        loss = l1 + cfg.adv_weight * adv + cfg.feature_weight * matching
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -204,21 +220,9 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         disc_opt.zero_grad(set_to_none=True)
         disc_loss.backward()
         disc_opt.step()
-        for k, v in (("l1", l1), ("adv", adv), ("disc", disc_loss)):
-            running[k].append(float(v.detach()))
-        state["step"] += 1
-        state["elapsed"] = time.time() - t0
-        now = time.time()
-        if now - last_report >= cfg.report_seconds:
-            last_report = now
-            row = {k: round(sum(v) / len(v), 4) for k, v in running.items()}
-            report({"step": state["step"], "elapsed_s": round(state["elapsed"]), **row})
-            running = {k: [] for k in running}
-        if now - last_ckpt >= cfg.checkpoint_seconds:
-            last_ckpt = now
-            save()
-    save()
-    report({"step": state["step"], "elapsed_s": round(state["elapsed"])})
+        losses = {"l1": l1, "adv": adv, "match": matching, "disc": disc_loss}
+        budget.tick({k: float(v.detach()) for k, v in losses.items()})
+    budget.finish()
     return weights_out
 
 
@@ -237,6 +241,7 @@ if __name__ == "__main__":
         lr: float = typer.Option(5e-5, help="UNet peak learning rate"),
         adv_weight: float = typer.Option(0.02, help="weight of the adversarial loss"),
         lowfreq_weight: float = typer.Option(1.0, help="weight of the L1 on 4x4 cell means"),
+        feature_weight: float = typer.Option(0.2, help="weight of the discriminator feature matching"),
         threads: int = typer.Option(0, help="CPU threads (0 = PyTorch's default)"),
     ) -> None:
         """Fine-tune the UNet with a patch discriminator beside L1 and v-MSE."""
@@ -252,6 +257,7 @@ if __name__ == "__main__":
             lr=lr,
             adv_weight=adv_weight,
             lowfreq_weight=lowfreq_weight,
+            feature_weight=feature_weight,
             threads=threads,
         )
         print(adversarial(cfg))

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
+from hndsr.budget import Budget
 from hndsr.config import TILE
 from hndsr.data import PatchBank, load_images
 from hndsr.models.fno import FNOPrior
@@ -183,8 +183,6 @@ def distill(cfg: DistillConfig) -> Path:
         with (out / "log.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
 
-    t0 = time.time() - state["elapsed"]
-    last_ckpt = last_report = time.time()
     if state["step"] == 0:
         report(
             {
@@ -194,34 +192,18 @@ def distill(cfg: DistillConfig) -> Path:
                 "teacher_val_psnr_y": round(quick_psnr(teacher, val)[0], 3) if val else None,
             }
         )
-    running = []
-    while True:
-        progress = state["step"] / cfg.steps
-        if cfg.seconds:
-            progress = max(progress, state["elapsed"] / cfg.seconds)
-        if progress >= 1:
-            break
+    budget = Budget(state, cfg.steps, cfg.seconds, report, save, checkpoint_seconds=cfg.checkpoint_seconds)
+    while budget.active():
         for g in opt.param_groups:
-            g["lr"] = learning_rate(cfg.lr, state["step"], progress, warmup=100)
+            g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
         loss = distill_loss(teacher, student, bank.batch(cfg.batch), cfg.context_weight, cfg.gt_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
         opt.step()
         ema.update()
-        running.append(float(loss.detach()))
-        state["step"] += 1
-        state["elapsed"] = time.time() - t0
-        now = time.time()
-        if now - last_report >= 300:
-            last_report = now
-            report({"step": state["step"], "loss": sum(running) / len(running), "elapsed_s": round(state["elapsed"])})
-            running = []
-        if now - last_ckpt >= cfg.checkpoint_seconds:
-            last_ckpt = now
-            save()
-    save()
-    report({"step": state["step"], "loss": sum(running) / max(len(running), 1), "elapsed_s": round(state["elapsed"])})
+        budget.tick({"loss": float(loss.detach())})
+    budget.finish()
     return weights_out
 
 

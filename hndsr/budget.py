@@ -1,0 +1,69 @@
+"""The step/wall-time budget of a resumable fine-tune (``hndsr.distill``, ``hndsr.adversarial``).
+
+Owns the progress (steps done or seconds spent, whichever is further), the running mean of the
+logged losses and when to report and checkpoint; the caller owns the model and what a step does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class Budget:
+    """``while budget.active(): ...; budget.tick(losses)``, then ``budget.finish()``.
+
+    ``state`` ({"step", "elapsed"}) is updated in place, so a checkpoint that saves it resumes
+    the clock. ``report(row)`` gets {"step", "elapsed_s", <mean of each loss>}; ``save()`` writes a
+    checkpoint.
+    """
+
+    def __init__(
+        self,
+        state: dict,
+        steps: int,
+        seconds: float,
+        report: Callable[[dict], None],
+        save: Callable[[], None],
+        report_seconds: float = 300.0,
+        checkpoint_seconds: float = 600.0,
+    ) -> None:
+        self.state, self.steps, self.seconds = state, steps, seconds
+        self._report, self._save = report, save
+        self.report_seconds, self.checkpoint_seconds = report_seconds, checkpoint_seconds
+        self._t0 = time.time() - state["elapsed"]
+        self._last_report = self._last_save = time.time()
+        self._losses: dict[str, list[float]] = {}
+
+    def progress(self) -> float:
+        frac = self.state["step"] / max(self.steps, 1)
+        if self.seconds:
+            frac = max(frac, self.state["elapsed"] / self.seconds)
+        return frac
+
+    def active(self) -> bool:
+        return self.progress() < 1.0
+
+    def tick(self, losses: dict[str, float]) -> None:
+        """Count one step; report and checkpoint when their intervals have passed."""
+        for name, value in losses.items():
+            self._losses.setdefault(name, []).append(value)
+        self.state["step"] += 1
+        self.state["elapsed"] = time.time() - self._t0
+        now = time.time()
+        if now - self._last_report >= self.report_seconds:
+            self._last_report = now
+            self._emit()
+        if now - self._last_save >= self.checkpoint_seconds:
+            self._last_save = now
+            self._save()
+
+    def finish(self) -> None:
+        """Final checkpoint and report."""
+        self._save()
+        self._emit()
+
+    def _emit(self) -> None:
+        means = {k: round(sum(v) / len(v), 5) for k, v in self._losses.items() if v}
+        self._losses = {}
+        self._report({"step": self.state["step"], "elapsed_s": round(self.state["elapsed"]), **means})
