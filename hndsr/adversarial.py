@@ -17,6 +17,8 @@ step count of the UI gets the same texture. Resumable like ``hndsr.train``: a ch
 from __future__ import annotations
 
 import json
+import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +55,7 @@ class AdversarialConfig:
     lowfreq_weight: float = 1.0
     """Weight of an extra L1 on 4x4 cell means (the content the LR image pins down: texture may vary, tone may not)."""
     ema: float = 0.999
-    checkpoint_seconds: float = 600.0
+    checkpoint_seconds: float = 300.0
     report_seconds: float = 300.0
     seed: int = 0
     threads: int = 0
@@ -104,21 +106,35 @@ def decode_served(model: HNDSR, latent: torch.Tensor, up: torch.Tensor) -> torch
     return up + remove_grid_pattern(detail.flatten(0, 1)).view_as(detail)
 
 
-def chain_sr(model: HNDSR, up: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, start: int) -> torch.Tensor:
-    """SR [2B, 3, H, W] decoded from the UNet's x0 predictions at two points of the sampler's chain:
-    its start (the prior's zero residual noised to ``start``), then, for the same patches, a random
-    earlier timestep from that first prediction re-noised (what later steps of a longer chain see)."""
+CHAIN_LENGTHS = (2, 4, 8)
+"""Step counts whose DDIM chains the second prediction of each batch is taken from."""
+
+
+def chain_sr(
+    model: HNDSR, up: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, start: int, rng: random.Random
+) -> torch.Tensor:
+    """SR [2B, 3, H, W] decoded from the UNet's x0 predictions at two points of the served sampler's
+    chain (eta 0) for the same patches: its first step (the prior's zero residual noised to
+    ``start``), and step k of an n-step chain (n from ``CHAIN_LENGTHS``, k random, the steps before it
+    run without gradients), so every step count of the UI learns from its own inputs."""
     with torch.no_grad():
         z0, context = model.prior(model.encoder(up), scale)
     batch = up.shape[0]
-    zeros = torch.zeros_like(z0)
-    t_start = torch.full((batch,), start, device=up.device)
-    x_start = sched.add_noise(zeros, torch.randn_like(z0), t_start)
-    x0_start = sched.predicted_x0(model.unet(x_start, t_start.float(), z0, context), x_start, t_start)
-    t_later = torch.randint(0, start, (batch,), device=up.device)
-    x_later = sched.add_noise(x0_start.detach(), torch.randn_like(z0), t_later)
-    x0_later = sched.predicted_x0(model.unet(x_later, t_later.float(), z0, context), x_later, t_later)
-    latent = torch.cat([z0, z0]) + torch.cat([x0_start, x0_later]) / model.residual_scale
+    x_start = sched.add_noise(torch.zeros_like(z0), torch.randn_like(z0), torch.full((batch,), start, device=up.device))
+
+    def x0_at(sample: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        v = model.unet(sample, torch.full((batch,), float(t), device=up.device), z0, context)
+        return v, sched.step(v, t, sample)[1]
+
+    timesteps = sched.set_timesteps(rng.choice(CHAIN_LENGTHS), start=start)
+    v, x0_first = x0_at(x_start, timesteps[0])
+    sample = sched.step(v.detach(), timesteps[0], x_start)[0]
+    k = rng.randrange(1, len(timesteps))
+    with torch.no_grad():
+        for t in timesteps[1:k]:
+            sample = sched.step(x0_at(sample, t)[0], t, sample)[0]
+    x0_later = x0_at(sample, timesteps[k])[1]
+    latent = torch.cat([z0, z0]) + torch.cat([x0_first, x0_later]) / model.residual_scale
     return decode_served(model, latent, torch.cat([up, up]))
 
 
@@ -171,6 +187,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
     probe = images[:: max(1, len(images) // 6)][:6]
     val = load_images(cfg.val)[:6] if cfg.val else []
     sched = DDIMScheduler()
+    rng = random.Random(cfg.seed + state["step"])
     start = int(round(float(model.start_timestep)))
     weights_out = out / "hndsr.safetensors"
 
@@ -188,6 +205,8 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         )
         with ema.applied():
             model.save(weights_out, extra={"adv_step": str(state["step"]), "adv_elapsed": f"{state['elapsed']:.1f}"})
+        # Every export is kept: the fine-tune's strength is chosen afterwards (see the README).
+        shutil.copyfile(weights_out, out / f"hndsr_step{state['step']:06d}.safetensors")
 
     def report(row: dict) -> None:
         with ema.applied():
@@ -206,7 +225,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
         up, hr, scale = bank.batch(cfg.batch)
-        sr = chain_sr(model, up, scale, sched, start)
+        sr = chain_sr(model, up, scale, sched, start, rng)
         hr = torch.cat([hr, hr])
         l1 = F.l1_loss(sr, hr) + cfg.lowfreq_weight * F.l1_loss(F.avg_pool2d(sr, 4), F.avg_pool2d(hr, 4))
         adv, matching = feature_matching(disc, sr, hr)
