@@ -4,20 +4,19 @@ The UNet trained with the v-MSE loss alone predicts the conditional mean of the 
 its x0 predictions, and therefore the sampler's output, stay smooth (NIQE 5.6 on val against 2.9
 for the HR images). Here the UNet (only; encoder, prior and decoder stay frozen) learns to make
 its x0 prediction, decoded and de-gridded exactly as the served pipeline does, look like HR
-patches to a small patch discriminator, anchored by an L1 loss to the HR patch and to its 4x4
-cell means (the tone the LR image pins down).
+patches to a small patch discriminator, anchored by an L1 loss to the HR patch (optionally also
+to its 4x4 cell means, the tone the LR image pins down).
 
-Each patch is scored twice along the sampler's chain (``chain_sr``): at its start (the prior's zero
-residual noised to ``start_timestep``, what the served path's first UNet call sees) and at a random
-earlier timestep from that prediction re-noised (what later calls of a longer chain see), so every
-step count of the UI gets the same texture. Resumable like ``hndsr.train``: a checkpoint every
-``checkpoint_seconds``, EMA weights exported with it.
+Half of each batch starts where the sampler does (the prior's zero residual noised to
+``start_timestep``, what the served path's first UNet call sees), half is the forward process
+(the true residual noised to a random timestep at or below the start, with the v-MSE loss as
+well). Resumable like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights
+exported with it and kept per step (the strength is chosen afterwards).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from hndsr.data import PatchBank, load_images
 from hndsr.degrid import remove_grid_pattern
 from hndsr.diffusion import DDIMScheduler
 from hndsr.models.hndsr import HNDSR
-from hndsr.train import EMA, learning_rate
+from hndsr.train import EMA, diffusion_inputs, learning_rate
 
 
 @dataclass
@@ -48,11 +47,11 @@ class AdversarialConfig:
     patch: int = 128
     lr: float = 5e-5
     disc_lr: float = 1e-4
-    adv_weight: float = 0.02
+    adv_weight: float = 0.03
     """Weight of the generator's adversarial loss (the L1 loss has weight 1)."""
-    feature_weight: float = 0.2
-    """Weight of the discriminator feature-matching loss."""
-    lowfreq_weight: float = 1.0
+    v_weight: float = 0.1
+    """Weight of the v-MSE loss on the forward-process half."""
+    lowfreq_weight: float = 0.0
     """Weight of an extra L1 on 4x4 cell means (the content the LR image pins down: texture may vary, tone may not)."""
     ema: float = 0.999
     checkpoint_seconds: float = 300.0
@@ -74,30 +73,8 @@ class PatchDiscriminator(nn.Module):
         layers.append(spectral_norm(nn.Conv2d(chans[-1], 1, 3, padding=1)))
         self.net = nn.Sequential(*layers)
 
-    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """The activations after each hidden layer, then the logits."""
-        out, h = [], image * 2 - 1
-        for layer in self.net:
-            h = layer(h)
-            if isinstance(layer, nn.LeakyReLU):
-                out.append(h)
-        return [*out, h]
-
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.features(image)[-1]
-
-
-def feature_matching(disc: PatchDiscriminator, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Generator's adversarial loss, L1 between the discriminator's hidden features of SR and HR).
-
-    The feature term (pix2pixHD) is a perceptual loss learned on this data: no pretrained network
-    is available offline here.
-    """
-    fake = disc.features(sr)
-    with torch.no_grad():
-        real = disc.features(hr)
-    matching = sum(F.l1_loss(f, r) for f, r in zip(fake[:-1], real[:-1])) / (len(fake) - 1)
-    return F.softplus(-fake[-1]).mean(), matching
+        return self.net(image * 2 - 1)
 
 
 def decode_served(model: HNDSR, latent: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -106,36 +83,24 @@ def decode_served(model: HNDSR, latent: torch.Tensor, up: torch.Tensor) -> torch
     return up + remove_grid_pattern(detail.flatten(0, 1)).view_as(detail)
 
 
-CHAIN_LENGTHS = (2, 4, 8)
-"""Step counts whose DDIM chains the second prediction of each batch is taken from."""
+def predicted_sr(
+    model: HNDSR, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SR decoded from the UNet's x0 predictions, v-MSE loss on the forward-process half).
 
-
-def chain_sr(
-    model: HNDSR, up: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, start: int, rng: random.Random
-) -> torch.Tensor:
-    """SR [2B, 3, H, W] decoded from the UNet's x0 predictions at two points of the served sampler's
-    chain (eta 0) for the same patches: its first step (the prior's zero residual noised to
-    ``start``), and step k of an n-step chain (n from ``CHAIN_LENGTHS``, k random, the steps before it
-    run without gradients), so every step count of the UI learns from its own inputs."""
-    with torch.no_grad():
-        z0, context = model.prior(model.encoder(up), scale)
-    batch = up.shape[0]
-    x_start = sched.add_noise(torch.zeros_like(z0), torch.randn_like(z0), torch.full((batch,), start, device=up.device))
-
-    def x0_at(sample: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        v = model.unet(sample, torch.full((batch,), float(t), device=up.device), z0, context)
-        return v, sched.step(v, t, sample)[1]
-
-    timesteps = sched.set_timesteps(rng.choice(CHAIN_LENGTHS), start=start)
-    v, x0_first = x0_at(x_start, timesteps[0])
-    sample = sched.step(v.detach(), timesteps[0], x_start)[0]
-    k = rng.randrange(1, len(timesteps))
-    with torch.no_grad():
-        for t in timesteps[1:k]:
-            sample = sched.step(x0_at(sample, t)[0], t, sample)[0]
-    x0_later = x0_at(sample, timesteps[k])[1]
-    latent = torch.cat([z0, z0]) + torch.cat([x0_first, x0_later]) / model.residual_scale
-    return decode_served(model, latent, torch.cat([up, up]))
+    First half of the batch: the sampler's start, the prior's zero residual noised to ``start``;
+    second half: the true residual noised to a random timestep at or below it.
+    """
+    x0, z0, context = diffusion_inputs(model, up, hr, scale)
+    context = context.detach()
+    half = x0.shape[0] // 2
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, start + 1, (x0.shape[0],), device=x0.device)
+    t[:half] = start
+    x_t = sched.add_noise(torch.cat([torch.zeros_like(x0[:half]), x0[half:]]), noise, t)
+    v = model.unet(x_t, t.float(), z0, context)
+    v_loss = F.mse_loss(v[half:], sched.velocity(x0[half:], noise[half:], t[half:]))
+    return decode_served(model, z0 + sched.predicted_x0(v, x_t, t) / model.residual_scale, up), v_loss
 
 
 @torch.no_grad()
@@ -187,7 +152,6 @@ def adversarial(cfg: AdversarialConfig) -> Path:
     probe = images[:: max(1, len(images) // 6)][:6]
     val = load_images(cfg.val)[:6] if cfg.val else []
     sched = DDIMScheduler()
-    rng = random.Random(cfg.seed + state["step"])
     start = int(round(float(model.start_timestep)))
     weights_out = out / "hndsr.safetensors"
 
@@ -225,11 +189,10 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
         up, hr, scale = bank.batch(cfg.batch)
-        sr = chain_sr(model, up, scale, sched, start, rng)
-        hr = torch.cat([hr, hr])
+        sr, v_loss = predicted_sr(model, up, hr, scale, sched, start)
         l1 = F.l1_loss(sr, hr) + cfg.lowfreq_weight * F.l1_loss(F.avg_pool2d(sr, 4), F.avg_pool2d(hr, 4))
-        adv, matching = feature_matching(disc, sr, hr)
-        loss = l1 + cfg.adv_weight * adv + cfg.feature_weight * matching
+        adv = F.softplus(-disc(sr)).mean()
+        loss = l1 + cfg.v_weight * v_loss + cfg.adv_weight * adv
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -239,7 +202,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         disc_opt.zero_grad(set_to_none=True)
         disc_loss.backward()
         disc_opt.step()
-        losses = {"l1": l1, "adv": adv, "match": matching, "disc": disc_loss}
+        losses = {"l1": l1, "v": v_loss, "adv": adv, "disc": disc_loss}
         budget.tick({k: float(v.detach()) for k, v in losses.items()})
     budget.finish()
     return weights_out
@@ -255,12 +218,12 @@ if __name__ == "__main__":
         val: str | None = typer.Option(None, help="validation images (reported, not trained on)"),
         seconds: float = typer.Option(0.0, help="wall-time budget (0 = by steps)"),
         steps: int = typer.Option(20_000, help="training steps"),
-        batch: int = typer.Option(8, help="patches per step (each scored at two timesteps of the chain)"),
+        batch: int = typer.Option(8, help="patches per step (half sampler starts, half forward process)"),
         patch: int = typer.Option(128, help="HR patch side"),
         lr: float = typer.Option(5e-5, help="UNet peak learning rate"),
-        adv_weight: float = typer.Option(0.02, help="weight of the adversarial loss"),
-        lowfreq_weight: float = typer.Option(1.0, help="weight of the L1 on 4x4 cell means"),
-        feature_weight: float = typer.Option(0.2, help="weight of the discriminator feature matching"),
+        adv_weight: float = typer.Option(0.03, help="weight of the adversarial loss"),
+        v_weight: float = typer.Option(0.1, help="weight of the v-MSE loss on the forward-process half"),
+        lowfreq_weight: float = typer.Option(0.0, help="weight of an L1 on 4x4 cell means (tone anchor)"),
         threads: int = typer.Option(0, help="CPU threads (0 = PyTorch's default)"),
     ) -> None:
         """Fine-tune the UNet with a patch discriminator beside L1 and v-MSE."""
@@ -275,8 +238,8 @@ if __name__ == "__main__":
             patch=patch,
             lr=lr,
             adv_weight=adv_weight,
+            v_weight=v_weight,
             lowfreq_weight=lowfreq_weight,
-            feature_weight=feature_weight,
             threads=threads,
         )
         print(adversarial(cfg))
