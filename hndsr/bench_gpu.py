@@ -5,7 +5,7 @@ batched DDIM steps, decoding, de-gridding, stitching) with the stages as PyTorch
 warm, best of ``--repeats``. It measures the model on the GPU without Triton: the lent GPU
 machine has no Docker, no TensorRT and no Triton GPU build (see README, Deployment).
 
-    PYTHONPATH=. python3 -m hndsr.bench_gpu --out $OUT
+    PYTHONPATH=.:client python3 -m hndsr.bench_gpu --out $OUT
 """
 
 from __future__ import annotations

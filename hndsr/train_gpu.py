@@ -7,7 +7,7 @@ p('../shared/data/aerial/val', '.gpu/data/val')"
 
 and run there, carrying ``.gpu`` (the machine has CUDA PyTorch, safetensors, Pillow, scikit-image):
 
-    PYTHONPATH=. python3 -m hndsr.train_gpu --data .gpu/data/train --val .gpu/data/val --out $OUT
+    PYTHONPATH=.:client python3 -m hndsr.train_gpu --data .gpu/data/train --val .gpu/data/val --out $OUT
 
 It writes ``hndsr.safetensors`` (EMA weights, fp16, written at every checkpoint so an interrupted
 run still returns weights), ``log.csv``, ``train.json`` (GPU, steps, seconds) into ``--out``.

@@ -14,7 +14,7 @@ import pytest
 
 from hndsr_client import HNDSRClient
 
-from .conftest import free_port, mentioning
+from .conftest import ROOT, free_port, mentioning
 
 
 @pytest.mark.integration
@@ -89,3 +89,21 @@ def test_every_option_has_help():
         if not getattr(param, "help", None)
     ]
     assert not missing, missing
+
+
+def test_gpu_scripts_import_from_the_bare_source_tree():
+    """The lent GPU machine gets the repository, not installed packages: the scripts its docstrings
+    name must import with ``PYTHONPATH=.:client`` alone (editable installs hidden here)."""
+    code = (
+        "import sys\n"
+        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+        "sys.path = [p for p in sys.path if 'editable' not in p]\n"
+        "import hndsr.adversarial, hndsr.bench_gpu, hndsr.distill, hndsr.train_gpu\n"
+        "print(hndsr.train_gpu.__file__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ".:client"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(ROOT / "hndsr" / "train_gpu.py")
+    for script in ("train_gpu", "bench_gpu"):
+        assert "PYTHONPATH=.:client python3 -m hndsr." + script in (ROOT / "hndsr" / f"{script}.py").read_text()
