@@ -45,7 +45,7 @@ class AdversarialConfig:
     seconds: float = 0.0
     batch: int = 8
     patch: int = 128
-    lr: float = 5e-5
+    lr: float = 1e-4
     disc_lr: float = 1e-4
     adv_weight: float = 0.03
     """Weight of the generator's adversarial loss (the L1 loss has weight 1)."""
@@ -220,11 +220,12 @@ if __name__ == "__main__":
         steps: int = typer.Option(20_000, help="training steps"),
         batch: int = typer.Option(8, help="patches per step (half sampler starts, half forward process)"),
         patch: int = typer.Option(128, help="HR patch side"),
-        lr: float = typer.Option(5e-5, help="UNet peak learning rate"),
+        lr: float = typer.Option(1e-4, help="UNet peak learning rate"),
         adv_weight: float = typer.Option(0.03, help="weight of the adversarial loss"),
         v_weight: float = typer.Option(0.1, help="weight of the v-MSE loss on the forward-process half"),
         lowfreq_weight: float = typer.Option(0.0, help="weight of an L1 on 4x4 cell means (tone anchor)"),
         threads: int = typer.Option(0, help="CPU threads (0 = PyTorch's default)"),
+        checkpoint_seconds: float = typer.Option(300.0, help="seconds between checkpoints (each keeps its weights)"),
     ) -> None:
         """Fine-tune the UNet with a patch discriminator beside L1 and v-MSE."""
         cfg = AdversarialConfig(
@@ -241,6 +242,8 @@ if __name__ == "__main__":
             v_weight=v_weight,
             lowfreq_weight=lowfreq_weight,
             threads=threads,
+            checkpoint_seconds=checkpoint_seconds,
+            report_seconds=checkpoint_seconds,
         )
         print(adversarial(cfg))
 
