@@ -52,7 +52,9 @@ class AdversarialConfig:
     v_weight: float = 0.1
     """Weight of the v-MSE loss on the forward-process half."""
     lowfreq_weight: float = 0.0
-    """Weight of an extra L1 on 4x4 cell means (the content the LR image pins down: texture may vary, tone may not)."""
+    """Weight of an extra L1 on 4x4 cell means (the tone the LR image pins down)."""
+    consistency_weight: float = 0.0
+    """Weight of ``chain_consistency`` (longer chains keep the first step's texture)."""
     ema: float = 0.999
     checkpoint_seconds: float = 300.0
     report_seconds: float = 300.0
@@ -85,8 +87,9 @@ def decode_served(model: HNDSR, latent: torch.Tensor, up: torch.Tensor) -> torch
 
 def predicted_sr(
     model: HNDSR, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, start: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(SR decoded from the UNet's x0 predictions, v-MSE loss on the forward-process half).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(SR decoded from the UNet's x0 predictions, v-MSE loss on the forward-process half,
+    consistency loss of the sampler-start half).
 
     First half of the batch: the sampler's start, the prior's zero residual noised to ``start``;
     second half: the true residual noised to a random timestep at or below it.
@@ -100,7 +103,29 @@ def predicted_sr(
     x_t = sched.add_noise(torch.cat([torch.zeros_like(x0[:half]), x0[half:]]), noise, t)
     v = model.unet(x_t, t.float(), z0, context)
     v_loss = F.mse_loss(v[half:], sched.velocity(x0[half:], noise[half:], t[half:]))
-    return decode_served(model, z0 + sched.predicted_x0(v, x_t, t) / model.residual_scale, up), v_loss
+    x0_pred = sched.predicted_x0(v, x_t, t)
+    consistency = chain_consistency(model, sched, x_t[:half], x0_pred[:half].detach(), z0[:half], context[:half], start)
+    return decode_served(model, z0 + x0_pred / model.residual_scale, up), v_loss, consistency
+
+
+def chain_consistency(
+    model: HNDSR,
+    sched: DDIMScheduler,
+    x_start: torch.Tensor,
+    x0_first: torch.Tensor,
+    z0: torch.Tensor,
+    context: torch.Tensor,
+    start: int,
+) -> torch.Tensor:
+    """MSE between the first step's x0 prediction and the one made from where a deterministic
+    DDIM chain goes next with it (the same x0 and implied noise, at a random earlier timestep):
+    zero when every step count of the sampler returns what one step does."""
+    a_start = sched.alpha(start)
+    eps = (x_start - a_start**0.5 * x0_first) / (1 - a_start) ** 0.5
+    t = torch.randint(0, start, (x_start.shape[0],), device=x_start.device)
+    x_t = sched.add_noise(x0_first, eps, t)
+    v = model.unet(x_t, t.float(), z0, context)
+    return F.mse_loss(sched.predicted_x0(v, x_t, t), x0_first)
 
 
 @torch.no_grad()
@@ -189,10 +214,10 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
         up, hr, scale = bank.batch(cfg.batch)
-        sr, v_loss = predicted_sr(model, up, hr, scale, sched, start)
+        sr, v_loss, consistency = predicted_sr(model, up, hr, scale, sched, start)
         l1 = F.l1_loss(sr, hr) + cfg.lowfreq_weight * F.l1_loss(F.avg_pool2d(sr, 4), F.avg_pool2d(hr, 4))
         adv = F.softplus(-disc(sr)).mean()
-        loss = l1 + cfg.v_weight * v_loss + cfg.adv_weight * adv
+        loss = l1 + cfg.v_weight * v_loss + cfg.adv_weight * adv + cfg.consistency_weight * consistency
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -202,7 +227,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         disc_opt.zero_grad(set_to_none=True)
         disc_loss.backward()
         disc_opt.step()
-        losses = {"l1": l1, "v": v_loss, "adv": adv, "disc": disc_loss}
+        losses = {"l1": l1, "v": v_loss, "adv": adv, "consistency": consistency, "disc": disc_loss}
         budget.tick({k: float(v.detach()) for k, v in losses.items()})
     budget.finish()
     return weights_out
@@ -224,6 +249,7 @@ if __name__ == "__main__":
         adv_weight: float = typer.Option(0.03, help="weight of the adversarial loss"),
         v_weight: float = typer.Option(0.1, help="weight of the v-MSE loss on the forward-process half"),
         lowfreq_weight: float = typer.Option(0.0, help="weight of an L1 on 4x4 cell means (tone anchor)"),
+        consistency_weight: float = typer.Option(0.0, help="weight of the chain-consistency loss"),
         threads: int = typer.Option(0, help="CPU threads (0 = PyTorch's default)"),
         checkpoint_seconds: float = typer.Option(300.0, help="seconds between checkpoints (each keeps its weights)"),
     ) -> None:
@@ -241,6 +267,7 @@ if __name__ == "__main__":
             adv_weight=adv_weight,
             v_weight=v_weight,
             lowfreq_weight=lowfreq_weight,
+            consistency_weight=consistency_weight,
             threads=threads,
             checkpoint_seconds=checkpoint_seconds,
             report_seconds=checkpoint_seconds,

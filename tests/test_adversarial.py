@@ -57,3 +57,29 @@ def test_fine_tune_trains_only_the_unet_and_resumes(tmp_path):
     cfg.steps = 5  # resume from the checkpoint
     adversarial(cfg)
     assert HNDSR.metadata(weights)["adv_step"] == "5"
+
+
+def test_chain_consistency_is_zero_only_for_a_self_consistent_unet():
+    """A UNet that predicts the same x0 from any point of the chain scores 0; one that does not, > 0."""
+    from types import SimpleNamespace
+
+    from hndsr.adversarial import chain_consistency
+    from hndsr.diffusion import DDIMScheduler
+
+    sched = DDIMScheduler()
+    g = torch.Generator().manual_seed(0)
+    target, other = torch.randn(2, 48, 8, 8, generator=g), torch.randn(2, 48, 8, 8, generator=g)
+    z0, context = torch.zeros(2, 48, 8, 8), torch.zeros(2, 16, 8, 8)
+
+    def unet_predicting(x0):
+        def unet(x_t, t, prior, ctx):
+            a = sched.alphas_cumprod[t.long()].float().view(-1, 1, 1, 1)
+            return (a.sqrt() * x_t - x0) / (1 - a).sqrt()  # v whose x0 prediction is x0
+
+        return SimpleNamespace(unet=unet)
+
+    x_start = sched.add_noise(torch.zeros_like(target), torch.randn(2, 48, 8, 8, generator=g), torch.tensor([149, 149]))
+    same = chain_consistency(unet_predicting(target), sched, x_start, target, z0, context, 149)
+    assert float(same) < 1e-8
+    differs = chain_consistency(unet_predicting(other), sched, x_start, target, z0, context, 149)
+    assert float(differs) > 0.5
