@@ -10,7 +10,9 @@ to its 4x4 cell means, the tone the LR image pins down).
 Half of each batch starts where the sampler does (the prior's zero residual noised to
 ``start_timestep``, what the served path's first UNet call sees), half is the forward process
 (the true residual noised to a random timestep at or below the start, with the v-MSE loss as
-well). Resumable like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights
+well); ``chain_consistency`` keeps longer chains from smoothing the first step's texture away.
+The served weights: run I then N of the README's *Training* (NIQE 5.61 -> 4.65 on val at steps 1,
+-0.20 dB PSNR-Y). Resumable like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights
 exported with it and kept per step (the strength is chosen afterwards).
 """
 
