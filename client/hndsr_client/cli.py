@@ -16,7 +16,7 @@ cli = typer.Typer(add_completion=False, help="Thin client for the HNDSR model se
 URL = typer.Option(None, help="server address (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)")
 PROTOCOL = typer.Option("grpc", help="grpc or http")
 SCALE = typer.Option(DEFAULT_SCALE, help=f"upscaling factor ({SCALE_MIN:g} to {SCALE_MAX:g}, non-integer allowed)")
-STEPS = typer.Option(DEFAULT_STEPS, help="DDIM steps; 0 = fast deterministic path")
+STEPS = typer.Option(DEFAULT_STEPS, help="DDIM steps; 0 = fast, most faithful; 1+ add generated fine texture")
 ETA = typer.Option(0.0, help="DDIM eta (0 = deterministic sampler)")
 
 

@@ -157,7 +157,10 @@ class HNDSRApp:
                         elem_id="custom-scale",
                     )
                     steps = gr.Radio(
-                        STEP_CHOICES, value=DEFAULT_STEPS, label="DDIM steps (0 = fast, deterministic)", elem_id="steps"
+                        STEP_CHOICES,
+                        value=DEFAULT_STEPS,
+                        label="DDIM steps (0 = fast, most faithful; 1+ add generated fine texture)",
+                        elem_id="steps",
                     )
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
