@@ -88,10 +88,16 @@ def decode_served(model: HNDSR, latent: torch.Tensor, up: torch.Tensor) -> torch
 
 
 def predicted_sr(
-    model: HNDSR, up: torch.Tensor, hr: torch.Tensor, scale: torch.Tensor, sched: DDIMScheduler, start: int
+    model: HNDSR,
+    up: torch.Tensor,
+    hr: torch.Tensor,
+    scale: torch.Tensor,
+    sched: DDIMScheduler,
+    start: int,
+    consistency: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(SR decoded from the UNet's x0 predictions, v-MSE loss on the forward-process half,
-    consistency loss of the sampler-start half).
+    consistency loss of the sampler-start half, or 0 without ``consistency``).
 
     First half of the batch: the sampler's start, the prior's zero residual noised to ``start``;
     second half: the true residual noised to a random timestep at or below it.
@@ -106,8 +112,12 @@ def predicted_sr(
     v = model.unet(x_t, t.float(), z0, context)
     v_loss = F.mse_loss(v[half:], sched.velocity(x0[half:], noise[half:], t[half:]))
     x0_pred = sched.predicted_x0(v, x_t, t)
-    consistency = chain_consistency(model, sched, x_t[:half], x0_pred[:half].detach(), z0[:half], context[:half], start)
-    return decode_served(model, z0 + x0_pred / model.residual_scale, up), v_loss, consistency
+    chain = (
+        chain_consistency(model, sched, x_t[:half], x0_pred[:half].detach(), z0[:half], context[:half], start)
+        if consistency
+        else torch.zeros((), device=x0.device)
+    )
+    return decode_served(model, z0 + x0_pred / model.residual_scale, up), v_loss, chain
 
 
 def chain_consistency(
@@ -216,7 +226,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
         up, hr, scale = bank.batch(cfg.batch)
-        sr, v_loss, consistency = predicted_sr(model, up, hr, scale, sched, start)
+        sr, v_loss, consistency = predicted_sr(model, up, hr, scale, sched, start, cfg.consistency_weight > 0)
         l1 = F.l1_loss(sr, hr) + cfg.lowfreq_weight * F.l1_loss(F.avg_pool2d(sr, 4), F.avg_pool2d(hr, 4))
         adv = F.softplus(-disc(sr)).mean()
         loss = l1 + cfg.v_weight * v_loss + cfg.adv_weight * adv + cfg.consistency_weight * consistency

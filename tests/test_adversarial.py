@@ -44,6 +44,7 @@ def test_fine_tune_trains_only_the_unet_and_resumes(tmp_path):
         batch=2,
         patch=64,
         threads=1,
+        consistency_weight=0.1,
     )
     weights = adversarial(cfg)
     tuned, base = HNDSR.load(weights), HNDSR.load(init)
@@ -54,6 +55,7 @@ def test_fine_tune_trains_only_the_unet_and_resumes(tmp_path):
     assert 0 < delta < 0.05
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
     assert [r["step"] for r in rows] == [0, 3] and rows[0]["val"]["niqe"] > 0
+    assert rows[1]["consistency"] > 0 and rows[1]["adv"] > 0  # every loss term ran
     cfg.steps = 5  # resume from the checkpoint
     adversarial(cfg)
     assert HNDSR.metadata(weights)["adv_step"] == "5"
