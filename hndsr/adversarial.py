@@ -18,7 +18,6 @@ exported with it and kept per step (the strength is chosen afterwards).
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,19 +208,18 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         # Every export is kept: the fine-tune's strength is chosen afterwards (see the README).
         shutil.copyfile(weights_out, out / f"hndsr_step{state['step']:06d}.safetensors")
 
-    def report(row: dict) -> None:
+    def score(row: dict) -> None:
         with ema.applied():
             row["train"] = probe_scores(model, probe)
             if val:
                 row["val"] = probe_scores(model, val)
-        print(json.dumps(row), flush=True)
-        with (out / "log.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
 
+    budget = Budget(
+        state, cfg.steps, cfg.seconds, score, save, cfg.report_seconds, cfg.checkpoint_seconds, log=out / "log.jsonl"
+    )
     if state["step"] == 0:
-        report({"step": 0})
+        budget.report({"step": 0})
     model.unet.train()
-    budget = Budget(state, cfg.steps, cfg.seconds, report, save, cfg.report_seconds, cfg.checkpoint_seconds)
     while budget.active():
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)

@@ -1,21 +1,25 @@
 """The step/wall-time budget of a resumable fine-tune (``hndsr.distill``, ``hndsr.adversarial``).
 
 Owns the progress (steps done or seconds spent, whichever is further), the running mean of the
-logged losses and when to report and checkpoint; the caller owns the model and what a step does.
+logged losses, when to report and checkpoint, and the JSON-lines log; the caller owns the model,
+what a step does and how it is scored.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 class Budget:
     """``while budget.active(): ...; budget.tick(losses)``, then ``budget.finish()``.
 
     ``state`` ({"step", "elapsed"}) is updated in place, so a checkpoint that saves it resumes
-    the clock. ``report(row)`` gets {"step", "elapsed_s", <mean of each loss>}; ``save()`` writes a
-    checkpoint.
+    the clock. Each report row, {"step", "elapsed_s", <mean of each loss>}, goes through
+    ``score(row)`` (which adds the model's scores to it), then to stdout and the ``log`` file;
+    ``save()`` writes a checkpoint.
     """
 
     def __init__(
@@ -23,13 +27,15 @@ class Budget:
         state: dict,
         steps: int,
         seconds: float,
-        report: Callable[[dict], None],
+        score: Callable[[dict], None],
         save: Callable[[], None],
         report_seconds: float = 300.0,
         checkpoint_seconds: float = 600.0,
+        *,
+        log: Path | None = None,
     ) -> None:
         self.state, self.steps, self.seconds = state, steps, seconds
-        self._report, self._save = report, save
+        self._score, self._save, self.log = score, save, log
         self.report_seconds, self.checkpoint_seconds = report_seconds, checkpoint_seconds
         self._t0 = time.time() - state["elapsed"]
         self._last_report = self._last_save = time.time()
@@ -63,7 +69,15 @@ class Budget:
         self._save()
         self._emit()
 
+    def report(self, row: dict) -> None:
+        """Score ``row``, print it and append it to the log (also for rows outside the loop)."""
+        self._score(row)
+        print(json.dumps(row), flush=True)
+        if self.log is not None:
+            with self.log.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
     def _emit(self) -> None:
         means = {k: round(sum(v) / len(v), 5) for k, v in self._losses.items() if v}
         self._losses = {}
-        self._report({"step": self.state["step"], "elapsed_s": round(self.state["elapsed"]), **means})
+        self.report({"step": self.state["step"], "elapsed_s": round(self.state["elapsed"]), **means})

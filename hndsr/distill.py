@@ -11,7 +11,6 @@ like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights exp
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,17 +173,17 @@ def distill(cfg: DistillConfig) -> Path:
                 extra={"distill_step": str(state["step"]), "distill_elapsed": f"{state['elapsed']:.1f}"},
             )
 
-    def report(row: dict) -> None:
+    def score(row: dict) -> None:
         with ema.applied():
             row["train_psnr_y"] = round(quick_psnr(model, probe)[0], 3)
             if val:
                 row["val_psnr_y"] = round(quick_psnr(model, val)[0], 3)
-        print(json.dumps(row), flush=True)
-        with (out / "log.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
 
+    budget = Budget(
+        state, cfg.steps, cfg.seconds, score, save, checkpoint_seconds=cfg.checkpoint_seconds, log=out / "log.jsonl"
+    )
     if state["step"] == 0:
-        report(
+        budget.report(
             {
                 "step": 0,
                 "loss": None,
@@ -192,7 +191,6 @@ def distill(cfg: DistillConfig) -> Path:
                 "teacher_val_psnr_y": round(quick_psnr(teacher, val)[0], 3) if val else None,
             }
         )
-    budget = Budget(state, cfg.steps, cfg.seconds, report, save, checkpoint_seconds=cfg.checkpoint_seconds)
     while budget.active():
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
