@@ -30,10 +30,10 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from hndsr.budget import Budget
 from hndsr.data import PatchBank, load_images
-from hndsr.degrid import remove_grid_pattern
+from hndsr.degrid import degridded_output
 from hndsr.diffusion import DDIMScheduler
 from hndsr.models.hndsr import HNDSR
-from hndsr.train import EMA, diffusion_inputs, learning_rate
+from hndsr.train import EMA, adamw, diffusion_inputs, learning_rate, prepare_run, probe_sets
 
 
 @dataclass
@@ -82,8 +82,7 @@ class PatchDiscriminator(nn.Module):
 
 def decode_served(model: HNDSR, latent: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """The served output for a batch of latents: decoded, then de-gridded detail over the canvas."""
-    detail = model.decoder(latent) - up
-    return up + remove_grid_pattern(detail.flatten(0, 1)).view_as(detail)
+    return degridded_output(model.decoder(latent), up)
 
 
 def predicted_sr(
@@ -160,10 +159,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
     """Fine-tune (or resume); returns the path of the exported weights (EMA UNet, fp16)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = prepare_run(cfg.threads, cfg.seed)
     model = HNDSR.load(cfg.init, device)
     disc = PatchDiscriminator().to(device)
     for p in model.parameters():
@@ -171,8 +167,8 @@ def adversarial(cfg: AdversarialConfig) -> Path:
     params = dict(model.unet.named_parameters())
     for p in params.values():
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = adamw(params.values(), cfg.lr)
+    disc_opt = adamw(disc.parameters(), cfg.disc_lr)
     ckpt_path = out / "checkpoint.pt"
     ckpt = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
     state = {"step": 0, "elapsed": 0.0}
@@ -185,8 +181,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
     ema = EMA(params, cfg.ema, ckpt["ema"] if ckpt else None)
     images = load_images(cfg.data)
     bank = PatchBank(images, cfg.patch, device, seed=cfg.seed + state["step"], augment=True)
-    probe = images[:: max(1, len(images) // 6)][:6]
-    val = load_images(cfg.val)[:6] if cfg.val else []
+    probe, val = probe_sets(images, cfg.val)
     sched = DDIMScheduler()
     start = int(round(float(model.start_timestep)))
     weights_out = out / "hndsr.safetensors"

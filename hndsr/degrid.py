@@ -54,3 +54,12 @@ def remove_grid_pattern(detail: torch.Tensor, window: int = DEGRID_WINDOW) -> to
     local = local.view(channels, LATENT_FACTOR**2, height // LATENT_FACTOR, width // LATENT_FACTOR)
     periodic = (local - local.mean(1, keepdim=True)).view_as(cells)
     return detail - F.pixel_shuffle(periodic, LATENT_FACTOR)[0]
+
+
+def degridded_output(decoded: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
+    """The served output: the bicubic ``canvas`` plus the decoder's detail with its cell-periodic
+    part removed. [C, H, W] or [B, C, H, W] (the pipeline, and the training losses that must see
+    exactly what is served)."""
+    detail = decoded - canvas
+    planes = detail.reshape(-1, *detail.shape[-2:])
+    return canvas + remove_grid_pattern(planes).view_as(detail)

@@ -63,18 +63,22 @@ class DDIMScheduler:
     def alpha(self, timestep: int) -> float:
         return 1.0 if timestep < 0 else float(self.alphas_cumprod[timestep])
 
+    def _alphas(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Cumulative alphas of a batch of timesteps, shaped to broadcast over ``like`` (float32)."""
+        return self.alphas_cumprod.to(like.device)[timesteps].float().view(-1, *([1] * (like.dim() - 1)))
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        a = self.alphas_cumprod.to(x0.device)[timesteps].float().view(-1, *([1] * (x0.dim() - 1)))
+        a = self._alphas(timesteps, x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def velocity(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Training target v = sqrt(a) * eps - sqrt(1 - a) * x0."""
-        a = self.alphas_cumprod.to(x0.device)[timesteps].float().view(-1, *([1] * (x0.dim() - 1)))
+        a = self._alphas(timesteps, x0)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
     def predicted_x0(self, v: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x0 = sqrt(a) * x_t - sqrt(1 - a) * v for a batch with one timestep per sample (training)."""
-        a = self.alphas_cumprod.to(sample.device)[timesteps].float().view(-1, *([1] * (sample.dim() - 1)))
+        a = self._alphas(timesteps, sample)
         return a.sqrt() * sample - (1 - a).sqrt() * v
 
     def step(

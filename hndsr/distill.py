@@ -22,7 +22,7 @@ from hndsr.config import TILE
 from hndsr.data import PatchBank, load_images
 from hndsr.models.fno import FNOPrior
 from hndsr.models.hndsr import HNDSR
-from hndsr.train import EMA, learning_rate, quick_psnr
+from hndsr.train import EMA, adamw, learning_rate, prepare_run, probe_sets, quick_psnr
 
 
 @dataclass
@@ -125,17 +125,13 @@ def distill(cfg: DistillConfig) -> Path:
     file with the student prior, EMA, fp16)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = prepare_run(cfg.threads, cfg.seed)
     teacher = HNDSR.load(cfg.teacher, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     images = load_images(cfg.data)
     bank = PatchBank(images, cfg.patch, device, seed=cfg.seed, augment=True)
-    probe = images[:: max(1, len(images) // 6)][:6]
-    val = load_images(cfg.val)[:6] if cfg.val else []
+    probe, val = probe_sets(images, cfg.val)
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -152,7 +148,7 @@ def distill(cfg: DistillConfig) -> Path:
         student = prune_prior(teacher.prior, cfg.width, cfg.hidden, energy).to(device)
         ckpt, state = None, {"step": 0, "elapsed": 0.0}
     params = dict(student.named_parameters())
-    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = adamw(params.values(), cfg.lr)
     ema = EMA(params, cfg.ema, ckpt["ema"] if ckpt else None)
     if ckpt:
         opt.load_state_dict(ckpt["optimizer"])

@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
-from hndsr.degrid import remove_grid_pattern
+from hndsr.degrid import degridded_output
 from hndsr.diffusion import DDIMScheduler
 from hndsr.imaging import to_uint8, upsample
 from hndsr.tiling import TilePlan
@@ -183,7 +183,7 @@ def super_resolve(
         latent = latent + sample / sampling.residual_scale
 
     decoded = plan.blend(timer.run("decoder", runner.decode, latent_plan.split(latent)))
-    sr = to_uint8((up + remove_grid_pattern(decoded - up))[:, :out_h, :out_w])
+    sr = to_uint8(degridded_output(decoded, up)[:, :out_h, :out_w])
     info = {
         "scale": float(params.scale),
         "steps": int(params.steps),

@@ -202,6 +202,31 @@ def learning_rate(base: float, step: int, progress: float, warmup: int = 200) ->
     return base * min(1.0, (step + 1) / warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def prepare_run(threads: int, seed: int) -> torch.device:
+    """Thread count, seeds and the device of a training run (CUDA when present, with its fast
+    convolution and TF32 matmul settings)."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def probe_sets(images: list[np.ndarray], val: str | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The images a run reports on: 6 spread over the training set, the first 6 of ``val``."""
+    return images[:: max(1, len(images) // 6)][:6], load_images(val)[:6] if val else []
+
+
+def adamw(params, lr: float) -> torch.optim.AdamW:
+    """The optimiser of every training phase and fine-tune: AdamW, betas (0.9, 0.99), no decay."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+
+
 class Trainer:
     """Holds the model, data and progress of one training run (see the module docstring)."""
 
@@ -209,21 +234,12 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        self.device = prepare_run(cfg.threads, cfg.seed)
         self.model = HNDSR(**(HNDSR.architecture_of(cfg.init) if cfg.init else {})).to(self.device)
         self.sched = DDIMScheduler()
         images = load_images(cfg.data)
         self.bank = PatchBank(images, cfg.patch, self.device, seed=cfg.seed, augment=cfg.augment)
-        self.train_probe = images[:: max(1, len(images) // 6)][:6]
-        self.val_images = load_images(cfg.val)[:6] if cfg.val else []
+        self.train_probe, self.val_images = probe_sets(images, cfg.val)
         self.ckpt_path = self.out / "checkpoint.pt"
         self.weights_out = Path(cfg.weights_out or self.out / "hndsr.safetensors")
         self.state = {"phase": PHASES[0], "step": 0, "elapsed": 0.0}
@@ -310,7 +326,7 @@ class Trainer:
         for p in params.values():
             p.requires_grad_(True)
         lr = self._base_lr(phase)
-        opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+        opt = adamw(params.values(), lr)
         if self._resume_optimizer is not None:
             opt.load_state_dict(self._resume_optimizer)
         ema = EMA(params, cfg.ema, self._resume_ema)
