@@ -11,6 +11,7 @@ like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights exp
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,10 @@ class DistillConfig:
     gt_weight: float = 0.0
     """Weight of an L1 loss between the decoded student prior and the HR patch (0 = pure distillation)."""
     init_student: str | None = None
-    """Start from the (narrow) prior in these weights instead of pruning the teacher's."""
+    """Start from the (narrow) prior in these weights instead of pruning the teacher's; the
+    exported file is then these weights with the trained prior (the other stages kept)."""
+    scales: tuple[float, ...] = ()
+    """Draw each batch's scale from these (repeat one to weight it); () = the training mix."""
     checkpoint_seconds: float = 600.0
     seed: int = 0
     threads: int = 0
@@ -153,10 +157,11 @@ def distill(cfg: DistillConfig) -> Path:
     if ckpt:
         opt.load_state_dict(ckpt["optimizer"])
     weights_out = out / "hndsr.safetensors"
-    # The served model: the teacher's other stages around the student (shared, so the EMA weights
-    # swapped into the student are what gets saved and scored).
-    model = copy.deepcopy(teacher)
+    # The served model: the other stages (the initial file's, else the teacher's) around the
+    # student (shared, so the EMA weights swapped into the student are what gets saved and scored).
+    model = HNDSR.load(cfg.init_student, device) if cfg.init_student else copy.deepcopy(teacher)
     model.prior = student
+    scale_rng = random.Random(cfg.seed)
 
     def save() -> None:
         torch.save(
@@ -174,6 +179,8 @@ def distill(cfg: DistillConfig) -> Path:
             row["train_psnr_y"] = round(quick_psnr(model, probe)[0], 3)
             if val:
                 row["val_psnr_y"] = round(quick_psnr(model, val)[0], 3)
+                for s in sorted(set(cfg.scales) - {4.0}):
+                    row[f"val_psnr_y_x{s:g}"] = round(quick_psnr(model, val, s)[0], 3)
 
     budget = Budget(
         state, cfg.steps, cfg.seconds, score, save, checkpoint_seconds=cfg.checkpoint_seconds, log=out / "log.jsonl"
@@ -190,7 +197,9 @@ def distill(cfg: DistillConfig) -> Path:
     while budget.active():
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
-        loss = distill_loss(teacher, student, bank.batch(cfg.batch), cfg.context_weight, cfg.gt_weight)
+        scale = scale_rng.choice(cfg.scales) if cfg.scales else None
+        batch = bank.batch(cfg.batch, scale)
+        loss = distill_loss(teacher, student, batch, cfg.context_weight, cfg.gt_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -221,7 +230,8 @@ if __name__ == "__main__":
         steps: int = typer.Option(20_000, help="training steps"),
         lr: float = typer.Option(3e-4, help="peak learning rate (warm-up, then cosine)"),
         gt_weight: float = typer.Option(0.0, help="weight of L1(decoder(student z0), HR) beside the distillation"),
-        init_student: str | None = typer.Option(None, help="start from this file's prior instead of pruning"),
+        init_student: str | None = typer.Option(None, help="start from this file (its prior; kept stages)"),
+        scales: str = typer.Option("", help="batch scales to draw from, e.g. 8,8,6,4 (default: training mix)"),
     ) -> None:
         """Prune the FNO prior to WIDTH channels and distill it from the trained one."""
         cfg = DistillConfig(
@@ -236,6 +246,7 @@ if __name__ == "__main__":
             lr=lr,
             gt_weight=gt_weight,
             init_student=init_student,
+            scales=tuple(float(v) for v in scales.split(",") if v.strip()),
         )
         print(distill(cfg))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from hndsr.data import PatchBank
 from hndsr.distill import DistillConfig, channel_energy, distill, prune_prior
 from hndsr.models.hndsr import HNDSR
 
@@ -95,12 +96,28 @@ def test_distill_runs_resumes_and_exports_a_narrow_model(tmp_path):
     assert HNDSR.metadata(weights)["distill_step"] == "5"
 
 
-def test_distill_can_continue_from_a_narrow_prior_with_a_pixel_loss(tmp_path):
+def test_distill_can_continue_from_a_narrow_prior_with_a_pixel_loss_at_chosen_scales(tmp_path, monkeypatch):
     start = tmp_path / "start.safetensors"
+    torch.manual_seed(1)  # other stages than the teacher's (_wide_model seeds 0)
     HNDSR(prior_width=32, prior_hidden=16).save(start)
-    cfg, _ = _tiny_run(tmp_path, steps=2, gt_weight=1.0, init_student=str(start))
+    drawn: list[float | None] = []
+    batch = PatchBank.batch
+    monkeypatch.setattr(
+        PatchBank, "batch", lambda self, size, scale=None: drawn.append(scale) or batch(self, size, scale)
+    )
+    cfg, teacher = _tiny_run(
+        tmp_path, val=str(FIXTURES), steps=4, gt_weight=1.0, init_student=str(start), scales=(8.0, 6.0)
+    )
     model = HNDSR.load(distill(cfg))
     assert model.architecture() == {"prior_width": 32, "prior_hidden": 16}
     # It trained the given prior (not a pruned teacher): close to it, not equal.
     delta = [(a - b).abs().max() for a, b in zip(model.prior.parameters(), HNDSR.load(start).prior.parameters())]
     assert 0 < max(delta) < 0.05
+    # The export keeps the start file's other stages, not the teacher's.
+    torch.testing.assert_close(model.decoder.state_dict(), HNDSR.load(start).decoder.state_dict())
+    assert any(
+        (a - b).abs().max() > 0 for a, b in zip(model.decoder.parameters(), HNDSR.load(teacher).decoder.parameters())
+    )
+    assert drawn and set(drawn) <= {8.0, 6.0}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert {"val_psnr_y", "val_psnr_y_x6", "val_psnr_y_x8"} <= rows[-1].keys()
