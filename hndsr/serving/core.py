@@ -15,10 +15,7 @@ front tells a deadline from a cancellation) or INTERNAL: BLS would turn every er
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
-import threading
 import time
 
 import numpy as np
@@ -30,6 +27,7 @@ from hndsr.pipeline import Cancelled, InvalidRequest, Sampling, SRParams, super_
 from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, Admission, lower_priority
 from hndsr.serving.bls import BLSRunner
 from hndsr.serving.counters import counter_families
+from hndsr.serving.heap import HeapTrimmer
 from hndsr_client.interface import ETA, SCALE, SEED, STEPS, Limits
 
 
@@ -41,36 +39,6 @@ def _scalar(request, name: str, default):
     if value.size != 1:
         raise InvalidRequest(f"{name} must hold exactly one value, got {value.size}")
     return value[0].item()
-
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-def release_free_memory() -> None:
-    """Give the heap pages freed by a request back to the OS (glibc ``malloc_trim``). Requests of
-    varying sizes otherwise leave the allocator's arenas fragmented, and the core's resident memory
-    creeps up over thousands of requests."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-class HeapTrimmer:
-    """Calls ``release_free_memory`` on a daemon thread after each request, so its 2-15 ms are not
-    spent on the response path (ctypes releases the GIL while it runs)."""
-
-    def __init__(self) -> None:
-        self._wake = threading.Event()
-        threading.Thread(target=self._run, name="heap-trimmer", daemon=True).start()
-
-    def request(self) -> None:
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            release_free_memory()
 
 
 class TritonPythonModel:
@@ -112,9 +80,8 @@ class TritonPythonModel:
         self.m_retries = self._families["hndsr_stage_retries_total"].Metric(labels={})
 
     def execute(self, requests: list) -> list:
-        responses = [self._respond(request) for request in requests]
-        self.trimmer.request()
-        return responses
+        with self.trimmer.serving():
+            return [self._respond(request) for request in requests]
 
     def _respond(self, request):
         """The result, or the failure as an empty SR_IMAGE plus INFO {"error", "code"}: a BLS caller
