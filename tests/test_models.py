@@ -42,3 +42,12 @@ def test_scale_input_changes_the_prior(model):
     a, _ = model.prior(latent, torch.tensor([[2.0]]))
     b, _ = model.prior(latent, torch.tensor([[6.5]]))
     assert (a - b).abs().max() > 1e-4
+
+
+def test_encoder_packing_convolution_is_pixel_unshuffle_exactly():
+    from torch.nn import functional as F
+
+    from hndsr.models.autoencoder import packing_kernel
+
+    x = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(F.conv2d(x, packing_kernel(), stride=4), F.pixel_unshuffle(x, 4))

@@ -18,6 +18,18 @@ from hndsr.models.blocks import ResBlock
 PACKED = 3 * LATENT_FACTOR**2
 
 
+def packing_kernel(channels: int = 3, factor: int = LATENT_FACTOR) -> torch.Tensor:
+    """One-hot weights [C*f*f, C, f, f] of a stride-``f`` convolution that equals
+    ``F.pixel_unshuffle(x, f)`` exactly (onnxruntime runs it about 4x faster than the 6-D
+    Transpose that pixel-unshuffle exports to)."""
+    kernel = torch.zeros(channels * factor * factor, channels, factor, factor)
+    for c in range(channels):
+        for i in range(factor):
+            for j in range(factor):
+                kernel[(c * factor + i) * factor + j, c, i, j] = 1.0
+    return kernel
+
+
 class Encoder(nn.Module):
     """RGB in [0, 1], shape [B, 3, H, W] -> latent [B, C, H/4, W/4]."""
 
@@ -27,9 +39,10 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(ResBlock(width, width) for _ in range(blocks))
         self.head = nn.Conv2d(width, latent_channels, 3, padding=1)
         self.linear = nn.Conv2d(PACKED, latent_channels, 1)
+        self.register_buffer("pack", packing_kernel(), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        packed = F.pixel_unshuffle(image * 2 - 1, LATENT_FACTOR)
+        packed = F.conv2d(image * 2 - 1, self.pack, stride=LATENT_FACTOR)
         h = self.stem(packed)
         for block in self.blocks:
             h = block(h)
