@@ -70,7 +70,13 @@ class PatchBank:
     """The training images on the device; draws batches of (bicubic canvas, HR, scale)."""
 
     def __init__(
-        self, images: list[np.ndarray], patch: int, device: torch.device, seed: int = 0, augment: bool = False
+        self,
+        images: list[np.ndarray],
+        patch: int,
+        device: torch.device,
+        seed: int = 0,
+        augment: bool = False,
+        scales: tuple[float, ...] = (),
     ) -> None:
         kept = [im for im in images if min(im.shape[:2]) >= patch]
         if not kept:
@@ -81,6 +87,8 @@ class PatchBank:
         self.rng = random.Random(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.augment = augment
+        self.scales = scales
+        """Scales a batch is drawn at (repeat one to weight it); () = ``sample_scale``'s mix."""
 
     def batch(self, size: int, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One scale per batch; random crop, rotation, flip and colour-channel order per sample.
@@ -88,7 +96,8 @@ class PatchBank:
         With ``augment``, half of the batches are cut from the images shrunk by a random factor
         in [0.55, 1] (other ground sample distances: more texture variety than 151 tiles hold).
         """
-        scale = scale if scale is not None else sample_scale(self.rng)
+        if scale is None:
+            scale = self.rng.choice(self.scales) if self.scales else sample_scale(self.rng)
         p, rng = self.patch, self.rng
         shrink = rng.uniform(0.55, 1.0) if self.augment and rng.random() < 0.5 else 1.0
         side = p if shrink == 1.0 else int(round(p / shrink))

@@ -11,7 +11,6 @@ like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights exp
 from __future__ import annotations
 
 import copy
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def distill(cfg: DistillConfig) -> Path:
     for p in teacher.parameters():
         p.requires_grad_(False)
     images = load_images(cfg.data)
-    bank = PatchBank(images, cfg.patch, device, seed=cfg.seed, augment=True)
+    bank = PatchBank(images, cfg.patch, device, seed=cfg.seed, augment=True, scales=cfg.scales)
     probe, val = probe_sets(images, cfg.val)
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
@@ -161,7 +160,6 @@ def distill(cfg: DistillConfig) -> Path:
     # student (shared, so the EMA weights swapped into the student are what gets saved and scored).
     model = HNDSR.load(cfg.init_student, device) if cfg.init_student else copy.deepcopy(teacher)
     model.prior = student
-    scale_rng = random.Random(cfg.seed)
 
     def save() -> None:
         torch.save(
@@ -197,9 +195,7 @@ def distill(cfg: DistillConfig) -> Path:
     while budget.active():
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
-        scale = scale_rng.choice(cfg.scales) if cfg.scales else None
-        batch = bank.batch(cfg.batch, scale)
-        loss = distill_loss(teacher, student, batch, cfg.context_weight, cfg.gt_weight)
+        loss = distill_loss(teacher, student, bank.batch(cfg.batch), cfg.context_weight, cfg.gt_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)

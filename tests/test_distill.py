@@ -100,11 +100,15 @@ def test_distill_can_continue_from_a_narrow_prior_with_a_pixel_loss_at_chosen_sc
     start = tmp_path / "start.safetensors"
     torch.manual_seed(1)  # other stages than the teacher's (_wide_model seeds 0)
     HNDSR(prior_width=32, prior_hidden=16).save(start)
-    drawn: list[float | None] = []
+    drawn: list[float] = []
     batch = PatchBank.batch
-    monkeypatch.setattr(
-        PatchBank, "batch", lambda self, size, scale=None: drawn.append(scale) or batch(self, size, scale)
-    )
+
+    def recording(self, size, scale=None):
+        out = batch(self, size, scale)
+        drawn.append(float(out[2][0]))  # the scale the batch was drawn at
+        return out
+
+    monkeypatch.setattr(PatchBank, "batch", recording)
     cfg, teacher = _tiny_run(
         tmp_path, val=str(FIXTURES), steps=4, gt_weight=1.0, init_student=str(start), scales=(8.0, 6.0)
     )

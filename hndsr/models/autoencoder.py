@@ -20,14 +20,10 @@ PACKED = 3 * LATENT_FACTOR**2
 
 def packing_kernel(channels: int = 3, factor: int = LATENT_FACTOR) -> torch.Tensor:
     """One-hot weights [C*f*f, C, f, f] of a stride-``f`` convolution that equals
-    ``F.pixel_unshuffle(x, f)`` exactly (onnxruntime runs it about 4x faster than the 6-D
-    Transpose that pixel-unshuffle exports to)."""
-    kernel = torch.zeros(channels * factor * factor, channels, factor, factor)
-    for c in range(channels):
-        for i in range(factor):
-            for j in range(factor):
-                kernel[(c * factor + i) * factor + j, c, i, j] = 1.0
-    return kernel
+    ``F.pixel_unshuffle(x, f)`` exactly (output channel c*f*f + i*f + j reads pixel (i, j) of
+    channel c; onnxruntime runs it about 4x faster than the 6-D Transpose pixel-unshuffle exports to)."""
+    packed = channels * factor * factor
+    return torch.eye(packed).view(packed, channels, factor, factor)
 
 
 class Encoder(nn.Module):
