@@ -295,6 +295,7 @@ def eval_cmd(
     start_timestep: int | None = typer.Option(
         None, help="override the weights' DDIM start timestep in the PyTorch rows (for sweeps)"
     ),
+    ensemble: str = typer.Option("1", help="self-ensemble sizes scored for every step count (e.g. 1,4)"),
 ) -> None:
     """Score HNDSR (PyTorch and Triton) against bicubic and SPAN on the same crops."""
     from hndsr.degradation import bicubic_downscale
@@ -323,6 +324,7 @@ def eval_cmd(
             limit,
             grid_methods=("bicubic", f"SPAN x{scale} ch48", "HNDSR steps=0 (PyTorch)", f"{default} (PyTorch)"),
             grid_extra=extra,
+            ensembles=tuple(_int_list(ensemble)),
         )
     from hndsr.evaluate import markdown_table
 

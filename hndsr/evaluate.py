@@ -77,11 +77,11 @@ class MethodScores:
 Upscaler = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 
 
-def torch_upscaler(model, scale: int, steps: int, seed: int = 0) -> Upscaler:
+def torch_upscaler(model, scale: int, steps: int, seed: int = 0, ensemble: int = 1) -> Upscaler:
     runner = TorchRunner(model)
 
     def run(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        params = SRParams(scale=float(scale), steps=steps, seed=seed)
+        params = SRParams(scale=float(scale), steps=steps, seed=seed, ensemble=ensemble)
         out = super_resolve(torch.from_numpy(lr), params, runner, Sampling.of(model))
         return out.image.numpy()
 
@@ -98,13 +98,13 @@ def autoencode(model, hr: np.ndarray) -> np.ndarray:
     return (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def triton_upscaler(url: str, scale: int, steps: int, seed: int = 0) -> Upscaler:
+def triton_upscaler(url: str, scale: int, steps: int, seed: int = 0, ensemble: int = 1) -> Upscaler:
     from hndsr_client.triton_client import HNDSRClient
 
     client = HNDSRClient(url)
 
     def run(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        return client.upscale(lr, scale=float(scale), steps=steps, seed=seed).image
+        return client.upscale(lr, scale=float(scale), steps=steps, seed=seed, ensemble=ensemble).image
 
     return run
 
@@ -144,11 +144,13 @@ def evaluate(
     niqe_params: Path = DEFAULT_PARAMS,
     grid_methods: tuple[str, ...] = (),
     grid_extra: list[Pair] | None = None,
+    ensembles: tuple[int, ...] = (1,),
 ) -> dict:
     """Score every method on the same pairs; write results.json/.md and grid.png to ``out_dir``.
 
     ``grid_extra``: more images shown in the grid but not scored (e.g. one with roofs or rows,
-    where a periodic artefact would show).
+    where a periodic artefact would show). ``ensembles``: self-ensemble sizes scored for each
+    step count (rows named ``... ensemble=N`` for N > 1).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = load_pairs(data, scale, limit)
@@ -156,10 +158,12 @@ def evaluate(
     if scale in SPAN_MODELS:
         span = SpanNcnn(scale)
         methods[f"SPAN x{scale} ch48"] = lambda lr, size: span(lr)
-    for steps in steps_list:
-        methods[f"HNDSR steps={steps} (PyTorch)"] = torch_upscaler(model, scale, steps)
-    for steps in triton_steps if triton_url else []:
-        methods[f"HNDSR steps={steps} (Triton)"] = triton_upscaler(triton_url, scale, steps)
+    for n in ensembles:
+        label = f" ensemble={n}" if n > 1 else ""
+        for steps in steps_list:
+            methods[f"HNDSR steps={steps}{label} (PyTorch)"] = torch_upscaler(model, scale, steps, ensemble=n)
+        for steps in triton_steps if triton_url else []:
+            methods[f"HNDSR steps={steps}{label} (Triton)"] = triton_upscaler(triton_url, scale, steps, ensemble=n)
 
     scores = {name: MethodScores() for name in methods}
     keep = {name: [] for name in methods}

@@ -20,3 +20,18 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 def upsample(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic upsampling of float [B, 3, h, w] to ``size``: the input every stage model sees."""
     return F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def dihedral_view(image: torch.Tensor, index: int, inverse: bool = False) -> torch.Tensor:
+    """View ``index`` (0-7) of an image [..., H, W] under the flips and transposes of the square:
+    bit 0 mirrors left-right, bit 1 flips top-bottom, bit 2 transposes. Views 0-1 and 0-3 are
+    themselves groups (no transposes, same shape). ``inverse`` maps a view back."""
+    ops = [
+        (index & 1, lambda x: x.flip(-1)),
+        (index & 2, lambda x: x.flip(-2)),
+        (index & 4, lambda x: x.transpose(-2, -1)),
+    ]
+    for active, op in reversed(ops) if inverse else ops:
+        if active:
+            image = op(image)
+    return image

@@ -18,10 +18,10 @@ from torch.nn import functional as F
 from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
 from hndsr.degrid import degridded_output
 from hndsr.diffusion import DDIMScheduler
-from hndsr.imaging import to_uint8, upsample
+from hndsr.imaging import dihedral_view, to_uint8, upsample
 from hndsr.tiling import TilePlan
 from hndsr_client.image_io import output_size
-from hndsr_client.interface import ETA
+from hndsr_client.interface import ENSEMBLE, ETA
 
 
 class StageRunner(Protocol):
@@ -54,6 +54,8 @@ class SRParams:
     steps: int = DEFAULT_STEPS
     seed: int = 0
     eta: float = 0.0
+    ensemble: int = 1
+    """Views averaged (``imaging.dihedral_view``); 1 = the plain model."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ def validate(shape: tuple[int, ...], dtype: str, params: SRParams, limits: Limit
     if not 0 <= params.steps <= limits.steps_max:
         raise InvalidRequest(f"STEPS must be in [0, {limits.steps_max}], got {params.steps}")
     if message := ETA.out_of_range(params.eta):
+        raise InvalidRequest(message)
+    if message := ENSEMBLE.out_of_range(params.ensemble):
         raise InvalidRequest(message)
     out_h, out_w = output_size(shape[0], shape[1], params.scale)
     if out_h * out_w > limits.max_output_pixels:
@@ -141,14 +145,59 @@ def super_resolve(
 
     Steps 0: decoder(z0), z0 = FNO prior on the encoded bicubic canvas. Steps > 0: DDIM on the
     residual latent, started SDEdit-style at ``sampling.start_timestep`` from noise around z0.
+    ``params.ensemble`` > 1 averages that many flipped/transposed views (same seed in each).
     """
     start = time.perf_counter()
-    device = runner.device
     timer = _Timer()
     height, width = image.shape[:2]
     out_h, out_w = output_size(height, width, params.scale)
+    lr = image.to(runner.device).permute(2, 0, 1)[None].float() / 255.0
+    steps = len(DDIMScheduler().set_timesteps(params.steps, start=sampling.start_timestep))
+    total, tiles = 0.0, 0
+    for view in range(params.ensemble):
+        if view and is_cancelled():
+            raise Cancelled(f"cancelled after {view} of {params.ensemble} ensemble views")
+        progress = None
+        if on_step is not None:
 
-    lr = image.to(device).permute(2, 0, 1)[None].float() / 255.0
+            def progress(done: int, _: int, before: int = view * steps) -> None:
+                on_step(before + done, params.ensemble * steps)
+
+        sr, count = _one_view(
+            dihedral_view(lr, view), params, runner, sampling, timer, tile, overlap, is_cancelled, progress
+        )
+        total = total + dihedral_view(sr.clamp(0, 1), view, inverse=True)
+        tiles += count
+    info = {
+        "scale": float(params.scale),
+        "steps": int(params.steps),
+        "seed": int(params.seed),
+        "eta": float(params.eta),
+        "ensemble": int(params.ensemble),
+        "tiles": tiles,
+        "input_size": [int(height), int(width)],
+        "output_size": [out_h, out_w],
+        "device": str(runner.device),
+        "stage_ms": {k: round(v, 2) for k, v in timer.ms.items()},
+        "total_ms": round((time.perf_counter() - start) * 1000, 2),
+    }
+    return SRResult(to_uint8(total / params.ensemble), info)
+
+
+def _one_view(
+    lr: torch.Tensor,
+    params: SRParams,
+    runner: StageRunner,
+    sampling: Sampling,
+    timer: _Timer,
+    tile: int,
+    overlap: int,
+    is_cancelled: Callable[[], bool],
+    on_step: Callable[[int, int], None] | None,
+) -> tuple[torch.Tensor, int]:
+    """The model's float output [3, out_h, out_w] for one float LR image [1, 3, h, w], and its tile count."""
+    device = runner.device
+    out_h, out_w = output_size(lr.shape[-2], lr.shape[-1], params.scale)
     up = upsample(lr, (out_h, out_w))
     plan = canvas_plan(out_h, out_w, tile, overlap)
     up = F.pad(up, (0, plan.width - out_w, 0, plan.height - out_h), mode="replicate")[0]
@@ -183,20 +232,7 @@ def super_resolve(
         latent = latent + sample / sampling.residual_scale
 
     decoded = plan.blend(timer.run("decoder", runner.decode, latent_plan.split(latent)))
-    sr = to_uint8(degridded_output(decoded, up)[:, :out_h, :out_w])
-    info = {
-        "scale": float(params.scale),
-        "steps": int(params.steps),
-        "seed": int(params.seed),
-        "eta": float(params.eta),
-        "tiles": plan.count,
-        "input_size": [int(height), int(width)],
-        "output_size": [out_h, out_w],
-        "device": str(device),
-        "stage_ms": {k: round(v, 2) for k, v in timer.ms.items()},
-        "total_ms": round((time.perf_counter() - start) * 1000, 2),
-    }
-    return SRResult(sr, info)
+    return degridded_output(decoded, up)[:, :out_h, :out_w], plan.count
 
 
 class TorchRunner:

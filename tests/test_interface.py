@@ -43,11 +43,12 @@ def test_configs_declare_exactly_the_interface():
 
 
 def test_request_arrays_follow_the_declared_types():
-    arrays = request_arrays(np.zeros((8, 8, 3), np.uint8), 4, 2, 7, 0)
+    arrays = request_arrays(np.zeros((8, 8, 3), np.uint8), 4, 2, 7, 0, ensemble=4)
     assert list(arrays) == [t.name for t in INPUTS]
     for t in INPUTS:
         assert arrays[t.name].dtype == t.numpy_dtype
     assert arrays["SEED"].tolist() == [7] and arrays["SCALE"].dtype == np.float32
+    assert arrays["ENSEMBLE"].tolist() == [4] and arrays["ENSEMBLE"].dtype == np.int32
 
 
 @pytest.mark.parametrize(
@@ -58,6 +59,8 @@ def test_request_arrays_follow_the_declared_types():
         ("steps", 51, "STEPS must be in [0, 50], got 51"),
         ("eta", 1.5, "ETA must be in [0, 1], got 1.5"),
         ("eta", -0.1, "ETA must be in [0, 1], got -0.1"),
+        ("ensemble", 0, "ENSEMBLE must be in [1, 8], got 0"),
+        ("ensemble", 9, "ENSEMBLE must be in [1, 8], got 9"),
     ],
 )
 def test_validation_names_the_field_and_its_declared_range(field, value, message):
@@ -67,7 +70,9 @@ def test_validation_names_the_field_and_its_declared_range(field, value, message
 
 
 def test_ui_offers_the_default_within_range():
-    from hndsr_ui.app import STEP_CHOICES
+    from hndsr_ui.app import ENSEMBLE_CHOICES, STEP_CHOICES
 
     steps = next(t for t in INPUTS if t.name == "STEPS")
     assert DEFAULT_STEPS in STEP_CHOICES and max(STEP_CHOICES) <= steps.maximum
+    ensemble = next(t for t in INPUTS if t.name == "ENSEMBLE")
+    assert ensemble.default in ENSEMBLE_CHOICES and max(ENSEMBLE_CHOICES) <= ensemble.maximum

@@ -56,6 +56,47 @@ def test_cancellation_stops_the_loop(model, image):
     assert calls == [1, 2]
 
 
+def test_dihedral_views_invert_and_the_first_four_keep_the_shape():
+    from hndsr.imaging import dihedral_view
+
+    x = torch.arange(2 * 3 * 5, dtype=torch.float32).view(2, 3, 5)
+    views = [dihedral_view(x, i) for i in range(8)]
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8, "eight distinct views"
+    assert all(v.shape == x.shape for v in views[:4]) and all(v.shape == (2, 5, 3) for v in views[4:])
+    for i, v in enumerate(views):
+        assert torch.equal(dihedral_view(v, i, inverse=True), x)
+
+
+def test_full_self_ensemble_is_equivariant(model, image):
+    """Averaging all eight views makes the output commute with flips and transposes, which the
+    (random) model alone does not: the ensemble really runs and inverts every view."""
+    mirrored = image.flip(1)
+    transposed = image.transpose(0, 1)
+    plain = run(model, image, scale=2.0, steps=0).image.int()
+    assert (run(model, mirrored, scale=2.0, steps=0).image.flip(1).int() - plain).abs().max() > 2
+    full = run(model, image, scale=2.0, steps=0, ensemble=8)
+    assert full.info["ensemble"] == 8 and full.info["tiles"] == 8 * canvas_plan(80, 104).count
+    for other, undo in ((mirrored, lambda y: y.flip(1)), (transposed, lambda y: y.transpose(0, 1))):
+        again = undo(run(model, other, scale=2.0, steps=0, ensemble=8).image)
+        assert (again.int() - full.image.int()).abs().max() <= 1  # float summation order only
+
+
+def test_ensemble_of_two_is_the_mean_of_the_view_and_its_mirror(model, image):
+    plain = run(model, image, scale=2.0, steps=2, seed=3).image.float()
+    mirror = run(model, image.flip(1), scale=2.0, steps=2, seed=3).image.flip(1).float()
+    pair = run(model, image, scale=2.0, steps=2, seed=3, ensemble=2).image.float()
+    assert (pair - (plain + mirror) / 2).abs().max() <= 1  # each view was rounded to uint8 here
+    assert (pair - plain).abs().max() > 1
+
+
+def test_progress_counts_the_steps_of_every_view(model, image):
+    calls = []
+    super_resolve(
+        image, SRParams(steps=2, ensemble=3), TorchRunner(model), SAMPLING, on_step=lambda i, n: calls.append((i, n))
+    )
+    assert calls == [(i, 6) for i in range(1, 7)]
+
+
 @pytest.mark.parametrize(
     ("shape", "dtype", "params", "field"),
     [

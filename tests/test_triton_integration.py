@@ -38,7 +38,7 @@ def test_health_and_metadata(client):
     assert client.health() == {"live": True, "ready": True, "model_ready": True}
     meta = client.metadata()
     names = {t["name"] for t in meta["metadata"]["inputs"]}
-    assert names == {"IMAGE", "SCALE", "STEPS", "SEED", "ETA"}
+    assert names == {"IMAGE", "SCALE", "STEPS", "SEED", "ETA", "ENSEMBLE"}
 
 
 def test_output_shape_is_scale_times_input(client, small):
@@ -57,6 +57,16 @@ def test_same_seed_same_bytes_other_seed_differs(client, small):
     c = client.upscale(small, scale=3.0, steps=3, seed=12).image
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_self_ensemble_averages_the_mirrored_request(client, small):
+    plain = client.upscale(small, scale=2.0, steps=0)
+    mirror = client.upscale(np.ascontiguousarray(small[:, ::-1]), scale=2.0, steps=0).image[:, ::-1]
+    pair = client.upscale(small, scale=2.0, steps=0, ensemble=2)
+    assert pair.info["ensemble"] == 2 and pair.info["tiles"] == 2 * plain.info["tiles"]
+    expected = (plain.image.astype(float) + mirror) / 2
+    assert np.abs(pair.image - expected).max() <= 1  # each single view was rounded to uint8 here
+    assert not np.array_equal(pair.image, plain.image)
 
 
 def test_grpc_and_http_agree(triton, small):
@@ -91,6 +101,7 @@ def _raw_inputs(mod, image: np.ndarray, image_type: str = "UINT8", **scalars):
         "STEPS": ("INT32", np.int32),
         "SEED": ("INT64", np.int64),
         "ETA": ("FP32", np.float32),
+        "ENSEMBLE": ("INT32", np.int32),
     }
     for name, value in scalars.items():
         dt, np_dt = types[name]
@@ -110,6 +121,7 @@ BAD = [
     ("steps negative", np.zeros((16, 16, 3), np.uint8), "UINT8", {"STEPS": -3}, "STEPS must be in [0, 50]"),
     ("steps high", np.zeros((16, 16, 3), np.uint8), "UINT8", {"STEPS": 5000}, "STEPS must be in [0, 50]"),
     ("eta", np.zeros((16, 16, 3), np.uint8), "UINT8", {"ETA": 3.0}, "ETA must be in [0, 1]"),
+    ("ensemble", np.zeros((16, 16, 3), np.uint8), "UINT8", {"ENSEMBLE": 9}, "ENSEMBLE must be in [1, 8]"),
     ("too many pixels", np.zeros((1100, 1100, 3), np.uint8), "UINT8", {"SCALE": 4.0}, "16000000 output pixels"),
 ]
 

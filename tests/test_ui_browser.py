@@ -111,11 +111,12 @@ def test_upscale_in_browser(page, tmp_path):
     page.locator("#preview img").wait_for(timeout=30_000)
     page.locator("#scale").get_by_text("4×", exact=True).click()
     page.locator("#steps").get_by_text("0", exact=True).click()
+    page.locator("#ensemble").get_by_text("2", exact=True).click()
     page.locator("#run").click()
     meta = page.locator("#metadata")
     meta.get_by_text("640×640", exact=False).wait_for(timeout=180_000)
     text = meta.inner_text()
-    for field in ("latency", "tiles", "device", "precision", "model version", "seed", "GeoTIFF"):
+    for field in ("latency", "tiles", "device", "precision", "model version", "seed", "GeoTIFF", "2 views"):
         assert field in text, text
     assert page.locator("#result img").count() >= 1
     # The metrics panel reads Triton's counters, which now count this request.
@@ -125,6 +126,7 @@ def test_upscale_in_browser(page, tmp_path):
     with page.expect_download(timeout=30_000) as dl:
         page.locator("#download").click()
     path = tmp_path / dl.value.suggested_filename
+    assert path.name.endswith("_e2.tif"), path.name
     dl.value.save_as(path)
     import rasterio
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from hndsr_client.image_io import read_rgb, write_rgb
-from hndsr_client.interface import DEFAULT_SCALE, DEFAULT_STEPS, SCALE_MAX, SCALE_MIN
+from hndsr_client.interface import DEFAULT_SCALE, DEFAULT_STEPS, ENSEMBLE_MAX, SCALE_MAX, SCALE_MIN
 from hndsr_client.triton_client import HNDSRClient, HNDSRError
 
 cli = typer.Typer(add_completion=False, help="Thin client for the HNDSR model served by Triton.")
@@ -18,6 +18,9 @@ PROTOCOL = typer.Option("grpc", help="grpc or http")
 SCALE = typer.Option(DEFAULT_SCALE, help=f"upscaling factor ({SCALE_MIN:g} to {SCALE_MAX:g}, non-integer allowed)")
 STEPS = typer.Option(DEFAULT_STEPS, help="DDIM steps; 0 = fast, most faithful; 1+ add generated fine texture")
 ETA = typer.Option(0.0, help="DDIM eta (0 = deterministic sampler)")
+ENSEMBLE = typer.Option(
+    1, help=f"self-ensemble: average 1 to {ENSEMBLE_MAX} flipped/transposed views (N x the time, more faithful)"
+)
 
 
 def _client(url: str | None, protocol: str, timeout: float = 900.0) -> HNDSRClient:
@@ -37,6 +40,7 @@ def upscale(
     steps: int = STEPS,
     seed: int = typer.Option(0, help="noise seed (same seed -> same output)"),
     eta: float = ETA,
+    ensemble: int = ENSEMBLE,
     url: str | None = URL,
     protocol: str = PROTOCOL,
     timeout: float = typer.Option(900.0, help="client timeout in seconds"),
@@ -47,14 +51,14 @@ def upscale(
     image = read_rgb(src)
     try:
         with _client(url, protocol, timeout) as client:
-            result = client.upscale(image, scale=scale, steps=steps, seed=seed, eta=eta)
+            result = client.upscale(image, scale=scale, steps=steps, seed=seed, eta=eta, ensemble=ensemble)
     except HNDSRError as exc:
         _fail(exc)
     write_rgb(dst, result.image)
     h, w = image.shape[:2]
     oh, ow = result.image.shape[:2]
     typer.echo(
-        f"{src} ({w}x{h}) -> {dst} ({ow}x{oh}) scale={scale:g} steps={steps} seed={seed} "
+        f"{src} ({w}x{h}) -> {dst} ({ow}x{oh}) scale={scale:g} steps={steps} seed={seed} ensemble={ensemble} "
         f"tiles={result.info['tiles']} latency={result.latency_s:.2f}s"
     )
     typer.echo(json.dumps(result.info))

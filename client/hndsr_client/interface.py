@@ -92,18 +92,32 @@ SEED = Tensor("SEED", "INT64", (1,), "[1]", "noise seed; same seed → identical
 ETA = Tensor(
     "ETA", "FP32", (1,), "[1]", "DDIM eta; 0 = deterministic sampler", True, default=0.0, minimum=0.0, maximum=1.0
 )
+ENSEMBLE = Tensor(
+    "ENSEMBLE",
+    "INT32",
+    (1,),
+    "[1]",
+    "geometric self-ensemble: the mean of N flipped/transposed passes (2: + mirror, 4: + flips, "
+    "8: + transposes), N× the time, a little more faithful",
+    True,
+    default=1,
+    minimum=1,
+    maximum=8,
+)
 SR_IMAGE = Tensor("SR_IMAGE", "UINT8", (-1, -1, 3), "[round(s·H), round(s·W), 3]", "the result")
 INFO = Tensor(
     "INFO",
     "BYTES",
     (1,),
     "[1]",
-    "JSON: scale, steps, seed, eta, tiles, input_size, output_size, device, precision, model_version, "
+    "JSON: scale, steps, seed, eta, ensemble, tiles, input_size, output_size, device, precision, model_version, "
     "stage_ms (encoder/prior/unet/decoder), total_ms",
 )
-PROGRESS = Tensor("PROGRESS", "INT32", (2,), "[2]", "hndsr_stream only, gRPC streaming: DDIM steps done, total")
+PROGRESS = Tensor(
+    "PROGRESS", "INT32", (2,), "[2]", "hndsr_stream only, gRPC streaming: DDIM steps done, total (all ensemble views)"
+)
 
-INPUTS = (IMAGE, SCALE, STEPS, SEED, ETA)
+INPUTS = (IMAGE, SCALE, STEPS, SEED, ETA, ENSEMBLE)
 OUTPUTS = (SR_IMAGE, INFO)
 STREAM_OUTPUTS = (*OUTPUTS, PROGRESS)
 
@@ -112,6 +126,7 @@ DEFAULT_STEPS = int(STEPS.default)
 """Default DDIM steps of the generative path (README: step/start sweep on val/TEAK)."""
 SCALE_MIN, SCALE_MAX = float(SCALE.minimum), float(SCALE.maximum)
 STEPS_MAX = int(STEPS.maximum)
+ENSEMBLE_MAX = int(ENSEMBLE.maximum)
 
 
 @dataclass(frozen=True)
@@ -125,9 +140,11 @@ class Limits:
     max_output_pixels: int = MAX_OUTPUT_PIXELS
 
 
-def request_arrays(image: np.ndarray, scale: float, steps: int, seed: int, eta: float) -> dict[str, np.ndarray]:
+def request_arrays(
+    image: np.ndarray, scale: float, steps: int, seed: int, eta: float, ensemble: int = 1
+) -> dict[str, np.ndarray]:
     """The input tensors of one request, typed as the interface says."""
-    values = {"IMAGE": image, "SCALE": [scale], "STEPS": [steps], "SEED": [seed], "ETA": [eta]}
+    values = {"IMAGE": image, "SCALE": [scale], "STEPS": [steps], "SEED": [seed], "ETA": [eta], "ENSEMBLE": [ensemble]}
     return {t.name: np.ascontiguousarray(np.asarray(values[t.name], dtype=t.numpy_dtype)) for t in INPUTS}
 
 

@@ -148,10 +148,10 @@ class HNDSRClient:
         tensor.set_data_from_numpy(array)
         return tensor
 
-    def _request(self, image: np.ndarray, scale: float, steps: int, seed: int, eta: float) -> list:
+    def _request(self, image: np.ndarray, scale: float, steps: int, seed: int, eta: float, ensemble: int) -> list:
         if np.asarray(image).dtype != np.uint8:
             raise InvalidInputError(f"IMAGE must be uint8, got {np.asarray(image).dtype}")
-        arrays = request_arrays(image, scale, steps, seed, eta)
+        arrays = request_arrays(image, scale, steps, seed, eta, ensemble)
         return [self._input(t.name, arrays[t.name], t.datatype) for t in INPUTS]
 
     def _deadline(self) -> dict:
@@ -169,9 +169,11 @@ class HNDSRClient:
         steps: int = DEFAULT_STEPS,
         seed: int = 0,
         eta: float = 0.0,
+        ensemble: int = 1,
     ) -> UpscaleResult:
-        """Super-resolve a uint8 RGB image. Raises one of the ``HNDSRError`` subclasses."""
-        inputs = self._request(image, scale, steps, seed, eta)
+        """Super-resolve a uint8 RGB image (``ensemble``: views averaged, see the interface's
+        ENSEMBLE). Raises one of the ``HNDSRError`` subclasses."""
+        inputs = self._request(image, scale, steps, seed, eta, ensemble)
         outputs = [self._mod.InferRequestedOutput("SR_IMAGE"), self._mod.InferRequestedOutput("INFO")]
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         kwargs.update(self._deadline())
@@ -189,13 +191,14 @@ class HNDSRClient:
         steps: int = DEFAULT_STEPS,
         seed: int = 0,
         eta: float = 0.0,
+        ensemble: int = 1,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> UpscaleResult:
         """Like ``upscale`` but through ``hndsr_stream`` (gRPC only): ``on_progress(done, total)`` is
         called as the server reports each DDIM step."""
         if self.protocol != "grpc":
             raise ValueError("progress streaming needs the gRPC protocol")
-        inputs = self._request(image, scale, steps, seed, eta)
+        inputs = self._request(image, scale, steps, seed, eta, ensemble)
         # Fail fast when the server is down: a stream to a dead address can wait out its timeout.
         try:
             self._client.is_server_live(client_timeout=10)

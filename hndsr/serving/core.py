@@ -28,7 +28,7 @@ from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, Admission, lower_prio
 from hndsr.serving.bls import BLSRunner
 from hndsr.serving.counters import counter_families
 from hndsr.serving.heap import HeapTrimmer
-from hndsr_client.interface import ETA, SCALE, SEED, STEPS, Limits
+from hndsr_client.interface import ENSEMBLE, ETA, SCALE, SEED, STEPS, Limits
 
 
 def _scalar(request, name: str, default):
@@ -117,6 +117,7 @@ class TritonPythonModel:
             steps=int(_scalar(request, STEPS.name, STEPS.default)),
             seed=int(_scalar(request, SEED.name, SEED.default)),
             eta=float(_scalar(request, ETA.name, ETA.default)),
+            ensemble=int(_scalar(request, ENSEMBLE.name, ENSEMBLE.default)),
         )
         tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE")
         validate(tuple(int(d) for d in tensor.shape()), "uint8", params, limits)  # Triton enforced UINT8

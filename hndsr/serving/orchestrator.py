@@ -3,7 +3,7 @@
 The same class serves ``hndsr`` and its decoupled twin ``hndsr_stream``, which streams PROGRESS
 (INT32 [2]: steps done, total) responses over gRPC during the DDIM loop before the final result.
 Inputs: IMAGE (UINT8 [H, W, 3]); optional SCALE (FP32 [1]), STEPS (INT32 [1]), SEED (INT64 [1]),
-ETA (FP32 [1]). Outputs: SR_IMAGE (UINT8 [round(s*H), round(s*W), 3]) and INFO (BYTES [1], a
+ETA (FP32 [1]), ENSEMBLE (INT32 [1]). Outputs: SR_IMAGE (UINT8 [round(s*H), round(s*W), 3]) and INFO (BYTES [1], a
 JSON object: steps, tiles, per-stage milliseconds, device, precision, model version, seed).
 
 This model is light (no torch) and has ``max_inflight`` + 2 instances, so a request never waits
@@ -47,9 +47,10 @@ from hndsr.serving.admission import (
     Ticket,
 )
 from hndsr.serving.counters import counter_families
+from hndsr_client.interface import INPUTS
 
 CORE = "hndsr_core"
-FORWARDED = ("IMAGE", "SCALE", "STEPS", "SEED", "ETA")
+FORWARDED = tuple(t.name for t in INPUTS)
 OUTPUTS = ("SR_IMAGE", "INFO")
 OUTCOMES = ("success", "invalid", "cancelled", "error", "overloaded", "draining", "timeout")
 CONTROL_KEYS = ("residual_scale", "start_timestep", "max_output_pixels", "model_version", "precision")

@@ -1,4 +1,4 @@
-"""HNDSR Gradio app: upload, choose scale/steps/seed, watch server-driven DDIM progress, compare,
+"""HNDSR Gradio app: upload, choose scale/steps/seed/self-ensemble, watch server-driven DDIM progress, compare,
 download. It talks only to Triton: gRPC streaming (``hndsr_stream``) for inference, HTTP for
 health, and Triton's Prometheus endpoint for the metrics panel. Runs offline (no CDN fonts,
 analytics off)."""
@@ -32,6 +32,7 @@ from hndsr_ui import triton_metrics  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 STEP_CHOICES = [0, 1, 2, 4, 8]
+ENSEMBLE_CHOICES = [1, 2, 4, 8]
 SCALE_CHOICES = ["2×", "4×", "8×", "custom"]
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 CSS = """
@@ -86,14 +87,14 @@ class HNDSRApp:
         except Exception as exc:  # noqa: BLE001 - any decoding failure is the user's file
             raise gr.Error(f"Invalid input: cannot read {Path(path).name} as an image ({exc})") from None
 
-    def run(self, path, scale_choice, custom_scale, steps, seed, random_seed, progress=gr.Progress()):  # noqa: B008
+    def run(self, path, scale_choice, custom_scale, steps, ensemble, seed, random_seed, progress=gr.Progress()):  # noqa: B008
         if not path:
             raise gr.Error("Invalid input: upload an image first (PNG, JPEG, TIFF/GeoTIFF or AVIF).")
         if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
             raise gr.Error(f"Invalid input: {Path(path).suffix} files are not supported.")
         image = self.preview(path)
         scale = float(custom_scale) if scale_choice == "custom" else float(scale_choice.rstrip("×"))
-        steps = int(steps)
+        steps, ensemble = int(steps), int(ensemble)
         if random_seed or seed is None or seed == "":
             seed = random.randint(0, 2**31 - 1)
         seed = int(seed)
@@ -105,13 +106,14 @@ class HNDSRApp:
                     scale=scale,
                     steps=steps,
                     seed=seed,
+                    ensemble=ensemble,
                     on_progress=lambda done, total: progress((done, total), desc=f"DDIM step {done}/{total}"),
                 )
         except HNDSRError as exc:
             raise gr.Error(user_message(exc)) from None
         sr = result.image
         before = np.asarray(Image.fromarray(image).resize((sr.shape[1], sr.shape[0]), Image.BICUBIC))
-        stem = f"{Path(path).stem}_hndsr_x{scale:g}_s{steps}_seed{seed}"
+        stem = f"{Path(path).stem}_hndsr_x{scale:g}_s{steps}_seed{seed}" + (f"_e{ensemble}" if ensemble > 1 else "")
         geo = read_georeference(path)
         if geo is not None:
             out = self.out_dir / f"{stem}.tif"
@@ -124,6 +126,7 @@ class HNDSRApp:
             ["latency", f"{result.latency_s:.2f} s (server {info['total_ms'] / 1000:.2f} s)"],
             ["scale", f"{info['scale']:g}× ({image.shape[1]}×{image.shape[0]} → {sr.shape[1]}×{sr.shape[0]})"],
             ["steps", str(info["steps"])],
+            ["self-ensemble", f"{info['ensemble']} view" + ("s" if info["ensemble"] > 1 else "")],
             ["tiles", str(info["tiles"])],
             ["device", info["device"]],
             ["precision", info["precision"]],
@@ -162,6 +165,12 @@ class HNDSRApp:
                         label="DDIM steps (0 = fast, most faithful; 1+ add generated fine texture)",
                         elem_id="steps",
                     )
+                    ensemble = gr.Radio(
+                        ENSEMBLE_CHOICES,
+                        value=1,
+                        label="Self-ensemble: views averaged (more faithful, N× the time)",
+                        elem_id="ensemble",
+                    )
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                         random_seed = gr.Checkbox(value=False, label="Random seed", elem_id="random-seed")
@@ -183,7 +192,7 @@ class HNDSRApp:
             upload.change(self.preview, upload, preview)
             run.click(
                 self.run,
-                [upload, scale_choice, custom_scale, steps, seed, random_seed],
+                [upload, scale_choice, custom_scale, steps, ensemble, seed, random_seed],
                 [slider, download, meta, seed],
             ).then(self.metrics_panel, None, metrics)
             timer = gr.Timer(3.0)
