@@ -48,7 +48,7 @@ from hndsr_client.georaster import (
     restore_nodata,
     write_cog,
 )
-from hndsr_client.interface import DEFAULT_SCALE, DEFAULT_STEPS, Limits
+from hndsr_client.interface import DEFAULT_SCALE, DEFAULT_STEPS, ENSEMBLE_MAX, Limits
 from hndsr_client.scene_plan import (
     DEFAULT_OVERLAP,
     Axis,
@@ -70,7 +70,7 @@ GDAL_CACHE_MB = 256
 
 
 class Upscaler(Protocol):
-    def upscale(self, image: np.ndarray, scale: float, steps: int, seed: int, eta: float): ...
+    def upscale(self, image: np.ndarray, scale: float, steps: int, seed: int, eta: float, ensemble: int = 1): ...
 
     def close(self) -> None: ...
 
@@ -120,7 +120,9 @@ class Dispatcher:
                 self._clients.append(clients[url])
         return clients[url]
 
-    def upscale(self, image: np.ndarray, scale: float, steps: int, seed: int, eta: float, what: str) -> np.ndarray:
+    def upscale(
+        self, image: np.ndarray, scale: float, steps: int, seed: int, eta: float, what: str, ensemble: int = 1
+    ) -> np.ndarray:
         with self._lock:
             first = next(self._next)
         last: Exception | None = None
@@ -129,7 +131,8 @@ class Dispatcher:
             with self._lock:
                 self.requests[url] += 1
             try:
-                return self._client(url).upscale(image, scale=scale, steps=steps, seed=seed, eta=eta).image
+                client = self._client(url)
+                return client.upscale(image, scale=scale, steps=steps, seed=seed, eta=eta, ensemble=ensemble).image
             except InvalidInputError as exc:
                 raise SceneError(f"{what}: refused by {url}: {exc}") from None
             except HNDSRError as exc:
@@ -159,6 +162,9 @@ class SceneOptions:
     steps: int = DEFAULT_STEPS
     seed: int = 0
     eta: float = 0.0
+    ensemble: int = 1
+    """Self-ensemble views per chunk (the interface's ENSEMBLE). Above 1 each view is tiled from
+    its own corner, so chunk interiors match a whole-image request only approximately."""
     chunk: int | None = None
     """LR px per chunk side (None: ``DEFAULT_CHUNK``, or less where the scale needs it)."""
     overlap: int = DEFAULT_OVERLAP
@@ -183,6 +189,8 @@ class SceneOptions:
             raise SceneParamError(f"steps must be in [0, {limits.steps_max}], got {self.steps}")
         if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
             raise SceneParamError(f"eta must be in [0, 1], got {self.eta:g}")
+        if not 1 <= self.ensemble <= ENSEMBLE_MAX:
+            raise SceneParamError(f"ensemble must be in [1, {ENSEMBLE_MAX}], got {self.ensemble}")
         if self.workers is not None and not 1 <= self.workers <= 256:
             raise SceneParamError(f"workers must be in [1, 256], got {self.workers}")
         if not 1 <= self.tries <= 100:
@@ -241,6 +249,7 @@ def _run_meta(src: SceneSource, plan: ChunkPlan, options: SceneOptions, stretch:
         "steps": options.steps,
         "seed": options.seed,
         "eta": options.eta,
+        "ensemble": options.ensemble,
         "chunk": plan.chunk,
         "overlap": plan.overlap,
         "stretch": asdict(stretch) if stretch else None,
@@ -360,7 +369,13 @@ def _send_chunks(
                 return False
             what = f"chunk {chunk.id} (row {chunk.row}, col {chunk.col})"
             sr = dispatcher.upscale(
-                image, options.scale, options.steps, chunk_seed(options.seed, chunk.id), options.eta, what
+                image,
+                options.scale,
+                options.steps,
+                chunk_seed(options.seed, chunk.id),
+                options.eta,
+                what,
+                ensemble=options.ensemble,
             )
             expected = (int(chunk.out_window.height), int(chunk.out_window.width), 3)
             if sr.shape != expected:
