@@ -47,10 +47,8 @@ from hndsr.serving.admission import (
     Ticket,
 )
 from hndsr.serving.counters import counter_families
-from hndsr_client.interface import INPUTS
 
 CORE = "hndsr_core"
-FORWARDED = tuple(t.name for t in INPUTS)
 OUTPUTS = ("SR_IMAGE", "INFO")
 OUTCOMES = ("success", "invalid", "cancelled", "error", "overloaded", "draining", "timeout")
 CONTROL_KEYS = ("residual_scale", "start_timestep", "max_output_pixels", "model_version", "precision")
@@ -62,6 +60,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.control = {k: params[k] for k in CONTROL_KEYS if k in params}
+        # The inputs this model's config declares (generated from ``hndsr_client.interface``, which
+        # this light stub does not import: its package pulls in the gRPC/HTTP client libraries).
+        self.forwarded = tuple(tensor["name"] for tensor in config["input"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.admission = Admission.from_env(params)
         self.max_queue_wait_s = float(params.get("max_queue_wait_s", DEFAULT_MAX_QUEUE_WAIT_S))
@@ -158,7 +159,7 @@ class TritonPythonModel:
     # -- forwarding to hndsr_core ------------------------------------------------------------------
 
     def _forward(self, request, ticket: Ticket, sender, should_stop, deadline, arrived):
-        inputs = [t for t in (pb_utils.get_input_tensor_by_name(request, n) for n in FORWARDED) if t is not None]
+        inputs = [t for t in (pb_utils.get_input_tensor_by_name(request, n) for n in self.forwarded) if t is not None]
         control = {**self.control, "ticket": ticket.id, "progress": self.decoupled}
         inputs.append(pb_utils.Tensor("CONTROL", np.array([json.dumps(control).encode()], dtype=np.object_)))
         retry_until = time.monotonic() + self.retry_s
