@@ -152,7 +152,6 @@ def super_resolve(
     height, width = image.shape[:2]
     out_h, out_w = output_size(height, width, params.scale)
     lr = image.to(runner.device).permute(2, 0, 1)[None].float() / 255.0
-    steps = len(DDIMScheduler().set_timesteps(params.steps, start=sampling.start_timestep))
     total, tiles = 0.0, 0
     for view in range(params.ensemble):
         if view and is_cancelled():
@@ -160,8 +159,8 @@ def super_resolve(
         progress = None
         if on_step is not None:
 
-            def progress(done: int, _: int, before: int = view * steps) -> None:
-                on_step(before + done, params.ensemble * steps)
+            def progress(done: int, steps: int, view: int = view) -> None:
+                on_step(view * steps + done, params.ensemble * steps)
 
         sr, count = _one_view(
             dihedral_view(lr, view), params, runner, sampling, timer, tile, overlap, is_cancelled, progress
