@@ -3,6 +3,7 @@ failing start is a failure status. Every command line of the project explains ev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -50,9 +51,13 @@ def test_serve_ready_then_sigterm(tmp_path):
             pytest.fail("hndsr serve still running 120 s after SIGTERM:\n" + "".join(lines) + proc.communicate()[0])
         assert proc.returncode == 0, out
         assert "tritonserver stopped" in out
+        assert mentioning(str(tmp_path)) == {}  # no tritonserver or stub of this run left
     finally:
         if proc.poll() is None:
             proc.kill()
+        for pid in mentioning(str(tmp_path)):  # a launcher killed above leaves its Triton behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.integration

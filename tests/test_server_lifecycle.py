@@ -287,3 +287,27 @@ def test_sigterm_to_eval_stops_its_tritonserver(tmp_path):
             os.kill(pid, signal.SIGKILL)  # so that a failure leaves no orphan either
     assert left == [], f"tritonserver or its stubs outlived hndsr eval:\n{out[-3000:]}"
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+
+
+RELAY_CHILD = """
+import os, signal, threading, time
+from hndsr.serving.supervisor import relay_signals
+stop, hurry = threading.Event(), threading.Event()
+relay_signals(stop, hurry)
+with stop._cond:  # where a handler setting the event would wait for itself: inside stop.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)  # the Python-level handler runs here, in this thread
+print(stop.wait(30), hurry.is_set(), flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+print(hurry.wait(30), flush=True)
+"""
+
+
+def test_signals_reach_serve_even_while_its_main_thread_holds_the_event_lock():
+    """``hndsr serve`` once ignored SIGTERM: its handler set a ``threading.Event`` and deadlocked
+    when the signal arrived inside ``Event.wait``. The first signal sets stop, the second hurry."""
+    result = subprocess.run(
+        [sys.executable, "-c", RELAY_CHILD], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1]
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False", "True"], result.stdout + result.stderr

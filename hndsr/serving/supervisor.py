@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -318,15 +319,35 @@ class Supervisor:
         return 0 if healthy else 1
 
 
+def relay_signals(stop: threading.Event, hurry: threading.Event) -> None:
+    """From now on SIGTERM/SIGINT set ``stop``, and the next one ``hurry``.
+
+    Python runs a signal handler in the main thread between two bytecodes, possibly inside
+    ``stop.wait()`` while that thread holds the event's lock: a handler that sets the event then
+    waits for itself forever (seen: ``hndsr serve`` ignoring SIGTERM, Triton left running). So the
+    handlers do nothing; the C-level handler writes the signal number to ``signal.set_wakeup_fd``'s
+    socket, and a thread reading it sets the events.
+    """
+    receiver, sender = socket.socketpair()
+    sender.setblocking(False)
+    signal.set_wakeup_fd(sender.detach(), warn_on_full_buffer=False)  # the fd stays open for good
+    wanted = {signal.SIGTERM, signal.SIGINT}
+    for signum in wanted:
+        signal.signal(signum, lambda *_: None)
+
+    def relay() -> None:
+        while data := receiver.recv(64):
+            for signum in data:
+                if signum in wanted:
+                    (hurry if stop.is_set() else stop).set()
+
+    threading.Thread(target=relay, name="signal-relay", daemon=True).start()
+
+
 def serve_forever(opts: ServerOptions, sup: SupervisorOptions | None = None) -> int:
     """``hndsr serve``: start, watch and heal; drain and stop on Ctrl-C/SIGTERM (twice: hurry)."""
     stop, hurry = threading.Event(), threading.Event()
-
-    def _signal(signum, frame):  # noqa: ARG001
-        (hurry if stop.is_set() else stop).set()
-
-    signal.signal(signal.SIGTERM, _signal)
-    signal.signal(signal.SIGINT, _signal)
+    relay_signals(stop, hurry)
     supervisor = Supervisor(opts, sup)
     supervisor.start()
     print(
