@@ -10,21 +10,22 @@ from pathlib import Path
 
 import typer
 
-from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, TrainConfig
-from hndsr.serving.server import REPO_ROOT, RunningServer, ServerOptions
+from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS
+from hndsr.paths import ASSETS, MODEL_REPOSITORY, REPO_ROOT, WEIGHTS
+from hndsr.serving.server import RunningServer, ServerOptions
+from hndsr.training.commands import app as train_app
 
 app = typer.Typer(add_completion=False, help="HNDSR super-resolution served by NVIDIA Triton.")
+app.add_typer(train_app, name="train")
 
-WEIGHTS = REPO_ROOT / "weights" / "hndsr.safetensors"
-REPO = REPO_ROOT / "model_repository"
-TRAIN = TrainConfig(data="")
-SAMPLE = Path(__file__).resolve().parent / "assets" / "laodong_peninsula.avif"
+REPO = MODEL_REPOSITORY
+SAMPLE = ASSETS / "laodong_peninsula.avif"
 """The satellite demo sample (MIT, see hndsr/assets/README.md)."""
 
 
 def ensure_exported(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
     """Export the stage ONNX files unless they already match the weights."""
-    from hndsr.export import export_all, is_current
+    from hndsr.serving.export import export_all, is_current
 
     if not is_current(repo, weights):
         typer.echo(f"exporting ONNX from {weights} ...")
@@ -150,69 +151,9 @@ def export(
     repo: Path = typer.Option(REPO, help="Triton model repository to write/read the ONNX stages and configs"),
 ) -> None:
     """Export every stage to ONNX, check parity with PyTorch, write the configs."""
-    from hndsr.export import export_all
+    from hndsr.serving.export import export_all
 
     export_all(weights, repo)
-
-
-@app.command()
-def train(
-    data: Path = typer.Option(..., exists=True, help="training images (e.g. ../shared/data/aerial/train)"),
-    val: Path | None = typer.Option(None, help="validation images for the quick PSNR log"),
-    out: Path = typer.Option(Path(TRAIN.out), help="checkpoint, log.csv and curves.png go here"),
-    init: Path | None = typer.Option(None, help="start from these weights (phase/step from their metadata)"),
-    restart_phase: str | None = typer.Option(
-        None, help="with --init: restart regression, degrid or diffusion at step 0"
-    ),
-    regression_steps: int = typer.Option(TRAIN.regression_steps, help="steps of phase 1 (encoder+FNO+decoder)"),
-    degrid_steps: int = typer.Option(TRAIN.degrid_steps, help="steps of phase 2 (FNO + decoder, grid penalty)"),
-    diffusion_steps: int = typer.Option(TRAIN.diffusion_steps, help="steps of phase 3 (UNet + context head)"),
-    regression_seconds: float = typer.Option(0.0, help="wall-time cap of phase 1 (0 = none)"),
-    degrid_seconds: float = typer.Option(0.0, help="wall-time cap of phase 2 (0 = none)"),
-    diffusion_seconds: float = typer.Option(0.0, help="wall-time cap of phase 3 (0 = none)"),
-    harmonic_weight: float = typer.Option(TRAIN.harmonic_weight, help="grid-harmonic penalty of phase 2"),
-    batch: int = typer.Option(TRAIN.batch, help="patches per step"),
-    lr: float = typer.Option(TRAIN.lr, help="peak learning rate of phase 1"),
-    diffusion_lr: float = typer.Option(TRAIN.diffusion_lr, help="peak learning rate of phase 3"),
-    max_timestep: int = typer.Option(TRAIN.max_timestep, help="phase 3 trains the UNet on timesteps below this"),
-    augment: bool = typer.Option(TRAIN.augment, help="random HR shrink and colour-channel shuffles"),
-    seed: int = typer.Option(TRAIN.seed, help="random seed"),
-    threads: int = typer.Option(TRAIN.threads, help="torch CPU threads (0 = default)"),
-    checkpoint_seconds: float = typer.Option(TRAIN.checkpoint_seconds, help="checkpoint + weights every N s"),
-    eval_seconds: float = typer.Option(TRAIN.eval_seconds, help="quick PSNR/periodic-ratio log every N s"),
-    weights_out: Path = typer.Option(WEIGHTS, help="EMA weights (fp16 safetensors) written at each checkpoint"),
-) -> None:
-    """Train regression (encoder+FNO+decoder), de-gridding, then the diffusion UNet; resumes from OUT."""
-    from hndsr.train import plot_log
-    from hndsr.train import train as run_training
-
-    cfg = TrainConfig(
-        data=str(data),
-        val=str(val) if val else None,
-        out=str(out),
-        init=str(init) if init else None,
-        restart_phase=restart_phase,
-        regression_steps=regression_steps,
-        degrid_steps=degrid_steps,
-        diffusion_steps=diffusion_steps,
-        regression_seconds=regression_seconds,
-        degrid_seconds=degrid_seconds,
-        diffusion_seconds=diffusion_seconds,
-        harmonic_weight=harmonic_weight,
-        batch=batch,
-        lr=lr,
-        diffusion_lr=diffusion_lr,
-        max_timestep=max_timestep,
-        augment=augment,
-        seed=seed,
-        threads=threads,
-        checkpoint_seconds=checkpoint_seconds,
-        eval_seconds=eval_seconds,
-        weights_out=str(weights_out),
-    )
-    path = run_training(cfg)
-    plot_log(out / "log.csv", out / "curves.png")
-    typer.echo(f"weights: {path}; curves: {out / 'curves.png'}")
 
 
 @app.command()
@@ -221,7 +162,7 @@ def bench(
     repo: Path = typer.Option(REPO, help="Triton model repository to write/read the ONNX stages and configs"),
 ) -> None:
     """Print speed ratios measured side by side: DFT-matmul vs torch.fft, onnxruntime vs PyTorch."""
-    from hndsr.bench import report
+    from hndsr.evaluation.bench import report
 
     ensure_exported(weights, repo)
     typer.echo(report(weights, repo))
@@ -237,10 +178,26 @@ def bench_span(
     limit: int | None = typer.Option(None, help="only the first N images"),
 ) -> None:
     """Speed through Triton vs SPAN (ncnn, 2 threads) on the same crops, printed as ratios."""
-    from hndsr.bench import speed_vs_span
+    from hndsr.evaluation.bench import speed_vs_span
 
     with _triton(triton) as url:
         typer.echo(speed_vs_span(data, url, scale, tuple(_int_list(steps)), repeats, limit))
+
+
+@app.command("bench-gpu")
+def bench_gpu(
+    weights: Path = typer.Option(WEIGHTS, help="model weights (safetensors)"),
+    sizes: str = typer.Option("256,1000", help="LR sides (4x output: 1000 -> 16 MP, the server's limit)"),
+    steps: str = typer.Option(f"0,{DEFAULT_STEPS}", help="DDIM step counts to time"),
+    chunk: int = typer.Option(256, help="tiles per stage call (Triton sends all tiles at once)"),
+    repeats: int = typer.Option(2, help="timed passes after one warm-up (the best counts)"),
+    device: str = typer.Option("cuda", help="torch device (cuda, or cpu for a dry run)"),
+    out: Path | None = typer.Option(None, help="also write bench_gpu.json here"),
+) -> None:
+    """Output megapixels per second of the serving pipeline on a GPU, float32 and bfloat16."""
+    from hndsr.evaluation.bench_gpu import bench
+
+    bench(weights, tuple(_int_list(sizes)), tuple(_int_list(steps)), chunk, repeats, device, out)
 
 
 @contextlib.contextmanager
@@ -298,8 +255,8 @@ def eval_cmd(
     ensemble: str = typer.Option("1", help="self-ensemble sizes scored for every step count (e.g. 1,4)"),
 ) -> None:
     """Score HNDSR (PyTorch and Triton) against bicubic and SPAN on the same crops."""
-    from hndsr.degradation import bicubic_downscale
-    from hndsr.evaluate import Pair, evaluate
+    from hndsr.evaluation.evaluate import Pair, evaluate
+    from hndsr.inference.imaging import bicubic_downscale
     from hndsr.models.hndsr import HNDSR
     from hndsr_client.image_io import read_rgb
 
@@ -326,7 +283,7 @@ def eval_cmd(
             grid_extra=extra,
             ensembles=tuple(_int_list(ensemble)),
         )
-    from hndsr.evaluate import markdown_table
+    from hndsr.evaluation.evaluate import markdown_table
 
     typer.echo(markdown_table(result))
     typer.echo(f"written: {out / 'results.md'}, {out / 'results.json'}, {out / 'grid.png'}")

@@ -171,25 +171,29 @@ def test_front_and_core_configs(variant):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from hndsr.pipeline import Sampling
+    from hndsr.inference.pipeline import Sampling
+    from hndsr.models.hndsr import HNDSR
     from hndsr.serving.admission import CORE_INSTANCES, DEFAULT_MAX_INFLIGHT, FRONT_INSTANCES, SPARE_FRONT_INSTANCES
     from hndsr.serving.configs import core_config, orchestrator_config
+    from hndsr.serving.export import DEFAULT_WEIGHTS as WEIGHTS
 
     from .conftest import ROOT
 
     def parse(text: str):
         return text_format.Parse(text, model_config_pb2.ModelConfig())
 
-    front = parse(orchestrator_config(variant, Sampling(1.0, 150), "v"))
+    front = parse(orchestrator_config(variant, "v"))
     assert front.instance_group[0].count == FRONT_INSTANCES == DEFAULT_MAX_INFLIGHT + SPARE_FRONT_INSTANCES
-    core = parse(core_config(variant))
+    served = Sampling.of(HNDSR.load(WEIGHTS))
+    core = parse(core_config(variant, served))
+    assert Sampling.from_json(core.parameters["sampling"].string_value) == served
     assert core.name == "hndsr_core" and core.instance_group[0].count == CORE_INSTANCES
     assert [i.name for i in core.input] == [i.name for i in front.input] + ["CONTROL"]
     assert [o.name for o in core.output] == [o.name for o in front.output]
     path = (
         ROOT / "model_repository" / "hndsr_core" / ("config.pbtxt" if variant == "cpu" else f"configs/{variant}.pbtxt")
     )
-    assert path.read_text() == core_config(variant)
+    assert path.read_text() == core_config(variant, served)
 
 
 @pytest.mark.integration

@@ -7,9 +7,9 @@ import json
 
 import torch
 
-from hndsr.adversarial import AdversarialConfig, PatchDiscriminator, adversarial, decode_served
-from hndsr.degrid import remove_grid_pattern
+from hndsr.inference.degrid import remove_grid_pattern
 from hndsr.models.hndsr import HNDSR
+from hndsr.training.adversarial import AdversarialConfig, PatchDiscriminator, adversarial, decode_served
 
 from .conftest import FIXTURES, random_model
 
@@ -65,8 +65,8 @@ def test_chain_consistency_is_zero_only_for_a_self_consistent_unet():
     """A UNet that predicts the same x0 from any point of the chain scores 0; one that does not, > 0."""
     from types import SimpleNamespace
 
-    from hndsr.adversarial import chain_consistency
-    from hndsr.diffusion import DDIMScheduler
+    from hndsr.inference.diffusion import DDIMScheduler
+    from hndsr.training.adversarial import chain_consistency
 
     sched = DDIMScheduler()
     g = torch.Generator().manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hndsr.budget import Budget
+from hndsr.training.budget import Budget
 
 
 def test_budget_counts_steps_reports_means_and_checkpoints(tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from hndsr.degrid import remove_grid_pattern
-from hndsr.metrics import periodic_ratio
+from hndsr.evaluation.metrics import periodic_ratio
+from hndsr.inference.degrid import remove_grid_pattern
 
 
 def _smooth_field(seed: int, size: int = 128) -> torch.Tensor:
@@ -51,7 +51,7 @@ def test_phase_constant_image_is_untouched():
 
 
 def test_separable_filter_equals_a_depthwise_convolution_with_replicate_padding():
-    from hndsr.degrid import _SMOOTH, _separable_filter
+    from hndsr.inference.degrid import _SMOOTH, _separable_filter
 
     x = torch.randn(1, 3, 23, 17, generator=torch.Generator().manual_seed(3))
     for taps in (_SMOOTH, (0.2,) * 5, (0.25, 0.5, 0.25)):

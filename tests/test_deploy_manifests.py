@@ -18,8 +18,8 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from hndsr.inference.pipeline import Sampling
 from hndsr.models.hndsr import STAGES
-from hndsr.pipeline import Sampling
 from hndsr.serving.configs import TRT_CACHE_DIR, TRT_OPT_BATCH, orchestrator_config, stage_config, trt_profile
 from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS
 
@@ -172,8 +172,8 @@ def test_committed_configs_parse_as_triton_model_config(model, variant):
 def test_committed_model_repository_is_what_export_generates(tmp_path):
     """Every config and model.py in model_repository/ is what ``hndsr export`` writes today, so a
     change to the generating code without a re-export fails here."""
-    from hndsr.export import write_configs
     from hndsr.models.hndsr import HNDSR
+    from hndsr.serving.export import write_configs
 
     model = HNDSR.load(ROOT / "weights" / "hndsr.safetensors")
     stamp = (REPO / "encoder" / "1" / "model.onnx.sha256").read_text().strip()
@@ -221,9 +221,8 @@ def test_gpu_stage_config_uses_tensorrt_fp16(stage):
 
 
 def test_stream_config_is_decoupled():
-    sampling = Sampling(1.0, 150)
-    assert parse(orchestrator_config("gpu", sampling, "v", stream=True)).model_transaction_policy.decoupled
-    assert not parse(orchestrator_config("gpu", sampling, "v")).model_transaction_policy.decoupled
+    assert parse(orchestrator_config("gpu", "v", stream=True)).model_transaction_policy.decoupled
+    assert not parse(orchestrator_config("gpu", "v")).model_transaction_policy.decoupled
 
 
 # ---------------------------------------------------------------------------------------------

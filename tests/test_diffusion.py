@@ -1,4 +1,4 @@
-"""The DDIM scheduler against references computed here, independently of ``hndsr.diffusion``:
+"""The DDIM scheduler against references computed here, independently of ``hndsr.inference.diffusion``:
 
 - the cosine schedule against the closed form of Nichol & Dhariwal (2021), in numpy float64;
 - a deterministic (eta = 0) step with an oracle v-prediction (from known x0 and noise) lands on the
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from hndsr.diffusion import DDIMScheduler
+from hndsr.inference.diffusion import DDIMScheduler
 
 T = 1000
 CHAINS = [(1, None), (2, None), (4, None), (10, None), (50, None), (1, 149), (3, 149), (4, 149), (150, 149),

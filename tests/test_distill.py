@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from hndsr.data import PatchBank
-from hndsr.distill import DistillConfig, channel_energy, distill, prune_prior
 from hndsr.models.hndsr import HNDSR
+from hndsr.training.data import PatchBank
+from hndsr.training.distill import DistillConfig, channel_energy, distill, prune_prior
 
 from .conftest import FIXTURES
 

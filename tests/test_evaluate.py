@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hndsr.baselines import bicubic
-from hndsr.evaluate import evaluate, load_pairs
-from hndsr.metrics import psnr_y, ssim_y
-from hndsr.niqe import niqe
+from hndsr.evaluation.baselines import bicubic
+from hndsr.evaluation.evaluate import evaluate, load_pairs
+from hndsr.evaluation.metrics import psnr_y, ssim_y
+from hndsr.evaluation.niqe import niqe
 
 from .conftest import FIXTURES
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hndsr.pipeline import InvalidRequest, SRParams, validate
+from hndsr.inference.pipeline import InvalidRequest, SRParams, validate
 from hndsr.serving.configs import core_config, orchestrator_config
 from hndsr_client.interface import (
     DEFAULT_STEPS,
@@ -28,17 +28,17 @@ def test_configs_declare_exactly_the_interface():
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from hndsr.pipeline import Sampling
+    from hndsr.inference.pipeline import Sampling
 
     def parse(text):
         return text_format.Parse(text, model_config_pb2.ModelConfig())
 
     for stream, outputs in ((False, OUTPUTS), (True, STREAM_OUTPUTS)):
-        config = parse(orchestrator_config("cpu", Sampling(1.0, 149), "v", stream))
+        config = parse(orchestrator_config("cpu", "v", stream))
         got = [(i.name, model_config_pb2.DataType.Name(i.data_type), tuple(i.dims), i.optional) for i in config.input]
         assert got == [(t.name, t.config_type, t.dims, t.optional) for t in INPUTS]
         assert [o.name for o in config.output] == [t.name for t in outputs]
-    core = parse(core_config("cpu"))
+    core = parse(core_config("cpu", Sampling(1.0, 149)))
     assert [i.name for i in core.input] == [t.name for t in INPUTS] + ["CONTROL"]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hndsr.metrics import haarpsi, periodic_ratio, psnr_y
+from hndsr.evaluation.metrics import haarpsi, periodic_ratio, psnr_y, texture
 from hndsr_client.image_io import read_rgb
 
 from .conftest import FIXTURES
@@ -63,3 +63,42 @@ def test_haarpsi_is_one_on_identity_symmetric_and_falls_with_noise(hr):
     # Less structure-damaging but same-MSE distortion (a constant offset) scores higher than noise.
     offset = np.clip(hr.astype(float) + 12, 0, 255).astype(np.uint8)
     assert psnr_y(offset, hr, 0) < psnr_y(noisy[1], hr, 0) + 3 and haarpsi(offset, hr) > scores[1]
+
+
+TEXTURE_TOOL = REFERENCE_TOOL.with_name("texture.py")
+
+
+def _texture_cases(hr: np.ndarray) -> dict[str, np.ndarray]:
+    """A blurry result (bicubic 4x down and up) and the same with white noise (sigma 3)."""
+    small = Image.fromarray(hr).resize((hr.shape[1] // 4, hr.shape[0] // 4), Image.BICUBIC)
+    blur = np.asarray(small.resize(hr.shape[1::-1], Image.BICUBIC))
+    noisy = np.clip(blur + np.random.default_rng(1).normal(0, 3, hr.shape), 0, 255).astype(np.uint8)
+    return {"bicubic": blur, "bicubic_noise3": noisy}
+
+
+def test_texture_equals_the_reference_definition():
+    """detail and grain against values ../shared/tools/texture.py computed (committed), and
+    against the tool itself where it is beside the clone."""
+    expected = json.loads((FIXTURES / "texture_reference.json").read_text())
+    ref = None
+    if TEXTURE_TOOL.exists():
+        spec = importlib.util.spec_from_file_location("texture_reference", TEXTURE_TOOL)
+        ref = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ref)
+    for name, cases in expected.items():
+        hr = read_rgb(FIXTURES / name)
+        for kind, sr in _texture_cases(hr).items():
+            detail, grain = texture(sr, hr)
+            assert detail == pytest.approx(cases[kind]["detail"], rel=1e-9), (name, kind)
+            assert grain == pytest.approx(cases[kind]["grain"], rel=1e-9), (name, kind)
+            if ref is not None:
+                ref_grain, ref_detail, _ = ref.texture(sr, hr)
+                assert (detail, grain) == pytest.approx((ref_detail, ref_grain), rel=1e-9), (name, kind)
+
+
+def test_texture_is_one_on_hr_and_noise_raises_grain_more_than_detail(hr):
+    assert texture(hr, hr) == pytest.approx((1.0, 1.0))
+    cases = _texture_cases(hr)
+    (d_blur, g_blur), (d_noisy, g_noisy) = texture(cases["bicubic"], hr), texture(cases["bicubic_noise3"], hr)
+    assert d_blur < 0.5
+    assert g_noisy / d_noisy > g_blur / d_blur

@@ -3,8 +3,8 @@
 import onnx
 import pytest
 
-from hndsr.export import OPSET, export_stage, parity
 from hndsr.models.hndsr import STAGES
+from hndsr.serving.export import OPSET, export_stage, parity
 
 
 @pytest.mark.parametrize("stage", STAGES)

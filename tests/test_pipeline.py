@@ -2,7 +2,15 @@ import pytest
 import torch
 
 from hndsr.config import Limits
-from hndsr.pipeline import InvalidRequest, Sampling, SRParams, TorchRunner, canvas_plan, super_resolve, validate
+from hndsr.inference.pipeline import (
+    InvalidRequest,
+    Sampling,
+    SRParams,
+    TorchRunner,
+    canvas_plan,
+    super_resolve,
+    validate,
+)
 from hndsr_client.image_io import read_rgb
 
 from .conftest import FIXTURES
@@ -41,7 +49,7 @@ def test_zero_steps_is_deterministic_and_ignores_seed(model, image):
 
 
 def test_cancellation_stops_the_loop(model, image):
-    from hndsr.pipeline import Cancelled
+    from hndsr.inference.pipeline import Cancelled
 
     calls = []
     with pytest.raises(Cancelled):
@@ -57,7 +65,7 @@ def test_cancellation_stops_the_loop(model, image):
 
 
 def test_dihedral_views_invert_and_the_first_four_keep_the_shape():
-    from hndsr.imaging import dihedral_view
+    from hndsr.inference.imaging import dihedral_view
 
     x = torch.arange(2 * 3 * 5, dtype=torch.float32).view(2, 3, 5)
     views = [dihedral_view(x, i) for i in range(8)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from hndsr.reliability import QUICK, run_suite
+from hndsr_reliability import QUICK, run_suite
 
 pytestmark = pytest.mark.integration
 

@@ -102,7 +102,7 @@ def test_numpy_blend_weights_match_hndsr_tiling():
     """The client's torch-free twin gives the same Hann windows as the project's tiling."""
     import torch
 
-    from hndsr.tiling import TilePlan
+    from hndsr.inference.tiling import TilePlan
 
     for height, width, tile, overlap in [(96, 128, 48, 16), (400, 616, 208, 16), (300, 100, 100, 40)]:
         plan = TilePlan.create(height, width, tile, overlap)

@@ -81,40 +81,57 @@ def test_serve_exits_nonzero_when_triton_fails_and_leaves_no_process(tmp_path):
     assert mentioning(str(repo)) == {}
 
 
-def _commands(app) -> dict:
-    import typer.main
-
-    command = typer.main.get_command(app)
-    return dict(command.commands) if hasattr(command, "commands") else {command.name: command}
+def _commands(command, prefix: str = "") -> dict:
+    """Every leaf command of a click command tree, by its full name."""
+    subs = getattr(command, "commands", None)
+    if not subs:
+        return {prefix or command.name: command}
+    found = {}
+    for name, sub in subs.items():
+        found.update(_commands(sub, f"{prefix} {name}".strip()))
+    return found
 
 
 def test_every_option_has_help():
-    """``--help`` explains every option and argument of every typer command line."""
-    from hndsr import bench_gpu, cli, reliability, train_gpu
+    """``--help`` explains every option and argument of every entry point's commands (``hndsr``
+    with its ``train`` sub-commands, ``hndsr-reliability``)."""
+    import typer.main
 
+    import hndsr_reliability
+    from hndsr import cli
+
+    commands = {}
+    for entry, app in (("hndsr", cli.app), ("hndsr-reliability", hndsr_reliability.app)):
+        for name, command in _commands(typer.main.get_command(app)).items():
+            commands[f"{entry} {name}"] = command
+    assert {"hndsr train phases", "hndsr train distill", "hndsr train adversarial", "hndsr train gpu"} <= set(commands)
+    assert "hndsr bench-gpu" in commands
     missing = [
-        f"{module.__name__} {name} {param.name}"
-        for module in (cli, reliability, train_gpu, bench_gpu)
-        for name, command in _commands(module.app).items()
-        for param in command.params
-        if not getattr(param, "help", None)
+        f"{name} {param.name}" for name, command in commands.items() for param in command.params if not param.help
     ]
     assert not missing, missing
 
 
-def test_gpu_scripts_import_from_the_bare_source_tree():
-    """The lent GPU machine gets the repository, not installed packages: the scripts its docstrings
-    name must import with ``PYTHONPATH=.:client`` alone (editable installs hidden here)."""
+def test_gpu_commands_run_from_the_bare_source_tree():
+    """The lent GPU machine gets the repository, not installed packages: the commands the docs name
+    (``python3 -m hndsr.cli train gpu`` / ``bench-gpu``) must start with ``PYTHONPATH=.:client``
+    alone (editable installs hidden here)."""
     code = (
         "import sys\n"
         "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
         "sys.path = [p for p in sys.path if 'editable' not in p]\n"
-        "import hndsr.adversarial, hndsr.bench_gpu, hndsr.distill, hndsr.train_gpu\n"
-        "print(hndsr.train_gpu.__file__)\n"
+        "import runpy\n"
+        "import hndsr.training.gpu, hndsr.evaluation.bench_gpu\n"
+        "print(hndsr.training.gpu.__file__)\n"
+        "sys.argv = ['hndsr', *sys.argv[1:]]\n"
+        "runpy.run_module('hndsr.cli', run_name='__main__')\n"
     )
     env = {**os.environ, "PYTHONPATH": ".:client"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(ROOT / "hndsr" / "train_gpu.py")
-    for script in ("train_gpu", "bench_gpu"):
-        assert "PYTHONPATH=.:client python3 -m hndsr." + script in (ROOT / "hndsr" / f"{script}.py").read_text()
+    for args in (["train", "gpu", "--help"], ["bench-gpu", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[0] == str(ROOT / "hndsr" / "training" / "gpu.py")
+        assert "Usage:" in done.stdout
+    assert "PYTHONPATH=.:client python3 -m hndsr.cli train gpu" in (ROOT / "hndsr" / "training" / "gpu.py").read_text()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hndsr.tiling import TilePlan, tile_starts
+from hndsr.inference.tiling import TilePlan, tile_starts
 
 
 def test_tile_starts_cover_and_pin_last():

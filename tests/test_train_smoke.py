@@ -4,9 +4,9 @@ import csv
 
 import torch
 
-from hndsr.config import TrainConfig
 from hndsr.models.hndsr import HNDSR
-from hndsr.train import harmonic_error, plot_log, train
+from hndsr.training.config import TrainConfig
+from hndsr.training.trainer import harmonic_error, plot_log, train
 
 from .conftest import FIXTURES
 

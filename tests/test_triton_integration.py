@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from hndsr.pipeline import canvas_plan
+from hndsr.inference.pipeline import canvas_plan
 from hndsr_client import HNDSRClient, InvalidInputError
 from hndsr_client.image_io import read_rgb
 

@@ -2,7 +2,7 @@
 (name, type, shape, optional, default, range, meaning) and of the request limits.
 
 The Triton configs (``hndsr.serving.configs``), this client's request building, the server's
-validation (``hndsr.pipeline.validate``), the UI's controls and the README's interface table are all
+validation (``hndsr.inference.pipeline.validate``), the UI's controls and the README's interface table are all
 derived from it (the README table is checked by a test).
 """
 

@@ -10,7 +10,7 @@
    ``OUT.parts/`` whose file names are the journal: a rerun skips the chunks found there.
 3. Assemble: output block by output block (at most a chunk's output at a time), the saved chunks
    that touch the block are blended with separable Hann ramps over their overlaps (a numpy twin of
-   ``hndsr.tiling``), nodata, extra bands and the dtype are restored, and the block is written to a
+   ``hndsr.inference.tiling``), nodata, extra bands and the dtype are restored, and the block is written to a
    tiled GeoTIFF, which is then copied into a Cloud-Optimized GeoTIFF with overviews.
 
 No torch here: the client stays installable without it.

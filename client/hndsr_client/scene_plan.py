@@ -1,5 +1,5 @@
 """Scene mode's chunk plan: overlapping LR chunks under the server's output limit, aligned to its
-tile grid, and the separable Hann blend weights of their overlaps (a numpy twin of ``hndsr.tiling``,
+tile grid, and the separable Hann blend weights of their overlaps (a numpy twin of ``hndsr.inference.tiling``,
 proven equal by a test). No torch."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def plan_axis(length: int, chunk: int, overlap: int, scale: float, align: int = 
 
 
 def axis_weights(starts: Iterable[int], sizes: Iterable[int]) -> list[np.ndarray]:
-    """Blend ramps along one axis (numpy twin of ``hndsr.tiling``): 1 inside, sin^2 up over the part
+    """Blend ramps along one axis (numpy twin of ``hndsr.inference.tiling``): 1 inside, sin^2 up over the part
     shared with the previous tile, cos^2 down over the part shared with the next one."""
     starts, sizes = list(starts), list(sizes)
     weights = []

@@ -25,7 +25,7 @@ class FNOBlock(nn.Module):
         self.out = nn.Conv2d(hidden, width, 3, padding=1)
 
     def hidden(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """The activation the output projection reads (``hndsr.distill`` measures it to prune)."""
+        """The activation the output projection reads (``hndsr.training.distill`` measures it to prune)."""
         gamma, beta = self.film(emb)[:, :, None, None].chunk(2, dim=1)
         return F.gelu((self.spectral(x) + self.local(x)) * (1 + gamma) + beta)
 

@@ -9,8 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hndsr.config import CONTEXT_CHANNELS, LATENT_CHANNELS, LATENT_FACTOR, TILE
-from hndsr.diffusion import NUM_TRAIN_TIMESTEPS
+from hndsr.config import CONTEXT_CHANNELS, LATENT_CHANNELS, LATENT_FACTOR, NUM_TRAIN_TIMESTEPS, TILE
 from hndsr.models.autoencoder import Decoder, Encoder
 from hndsr.models.fno import FNOPrior
 from hndsr.models.unet import LatentUNet
@@ -38,9 +37,11 @@ class HNDSR(nn.Module):
     """Container of the stage networks.
 
     The FNO prior has ``prior_width`` residual and ``prior_hidden`` per-block channels (the served
-    weights: 48/32, distilled from a 64/64 prior by ``hndsr.distill``).
+    weights: 48/32, distilled from a 64/64 prior by ``hndsr.training.distill``).
     ``residual_scale`` maps diffused units to latent units; ``start_timestep`` is the DDIM
-    timestep the generative path starts from (its perception-distortion strength).
+    timestep the generative path starts from (its perception-distortion strength);
+    ``texture_floor`` and ``texture_gain`` the texture gate's (``hndsr.inference.texture_gate``; 0 and 1 =
+    off, the values of files saved before the gate existed).
     """
 
     def __init__(self, prior_width: int = 48, prior_hidden: int | None = 32) -> None:
@@ -51,6 +52,8 @@ class HNDSR(nn.Module):
         self.decoder = Decoder()
         self.register_buffer("residual_scale", torch.ones(()))
         self.register_buffer("start_timestep", torch.tensor(NUM_TRAIN_TIMESTEPS - 1.0))
+        self.register_buffer("texture_floor", torch.zeros(()))
+        self.register_buffer("texture_gain", torch.ones(()))
 
     def architecture(self) -> dict[str, int]:
         """The size choices stored with the weights (``load`` rebuilds the model from them)."""
@@ -92,5 +95,7 @@ class HNDSR(nn.Module):
             raise ValueError(f"{path} does not match this code ({detail})")
         model = cls(**cls.architecture_of(path))
         state = {k: v.float() for k, v in load_file(str(path)).items()}
+        state.setdefault("texture_floor", torch.zeros(()))
+        state.setdefault("texture_gain", torch.ones(()))
         model.load_state_dict(state)
         return model.to(device).eval()

@@ -15,7 +15,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
-from hndsr.pipeline import Cancelled
+from hndsr.inference.pipeline import Cancelled
 from hndsr.serving.admission import TRANSIENT
 from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS
 

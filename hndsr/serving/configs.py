@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hndsr.pipeline import Sampling
+from hndsr.inference.pipeline import Sampling
 from hndsr.serving.admission import (
     CORE_INSTANCES,
     DEFAULT_MAX_INFLIGHT,
@@ -44,7 +44,10 @@ def _tensors(kind: str, specs: tuple[TensorSpec, ...]) -> str:
 
 
 def _parameters(params: dict[str, str]) -> str:
-    return "".join(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in params.items())
+    def quoted(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"')
+
+    return "".join(f'parameters {{ key: "{k}" value {{ string_value: "{quoted(v)}" }} }}\n' for k, v in params.items())
 
 
 def stage_config(stage: str, variant: str) -> str:
@@ -100,7 +103,7 @@ def _io(inputs: tuple[Tensor, ...] = INPUTS, outputs: tuple[Tensor, ...] = OUTPU
     return "input [\n" + ",\n".join(ins) + "\n]\noutput [\n" + ",\n".join(outs) + "\n]\n"
 
 
-def orchestrator_config(variant: str, sampling: Sampling, model_version: str, stream: bool = False) -> str:
+def orchestrator_config(variant: str, model_version: str, stream: bool = False) -> str:
     """Config of the ``hndsr`` front model (Python backend, no torch: admission control, then BLS
     to ``hndsr_core``), or of its decoupled twin ``hndsr_stream`` that also streams PROGRESS."""
     kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
@@ -120,8 +123,6 @@ def orchestrator_config(variant: str, sampling: Sampling, model_version: str, st
         + f"instance_group [ {{ count: {FRONT_INSTANCES} kind: {kind} }} ]\n"
         + _parameters(
             {
-                "residual_scale": f"{sampling.residual_scale:.8g}",
-                "start_timestep": str(sampling.start_timestep),
                 "max_output_pixels": str(MAX_OUTPUT_PIXELS),
                 "model_version": model_version,
                 "precision": precision,
@@ -136,14 +137,14 @@ def orchestrator_config(variant: str, sampling: Sampling, model_version: str, st
     )
 
 
-def core_config(variant: str) -> str:
+def core_config(variant: str, sampling: Sampling) -> str:
     """Config of ``hndsr_core``, the pipeline behind the front models: their inputs plus CONTROL
-    (JSON from the front), one instance per request allowed to run at once. It holds nothing
-    that depends on the weights (the front passes the sampling constants), so it never goes stale."""
+    (JSON from the front: admission ticket, limits), one instance per request allowed to run at
+    once, and the sampling constants chosen with the weights (``Sampling`` as JSON)."""
     kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
     return (
         'name: "hndsr_core"\nbackend: "python"\nmax_batch_size: 0\n'
         + _io(inputs=(*INPUTS, CONTROL))
         + f"instance_group [ {{ count: {CORE_INSTANCES} kind: {kind} }} ]\n"
-        + _parameters({"stage_retry_s": f"{DEFAULT_STAGE_RETRY_S:g}"})
+        + _parameters({"stage_retry_s": f"{DEFAULT_STAGE_RETRY_S:g}", "sampling": sampling.to_json()})
     )

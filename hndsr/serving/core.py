@@ -23,7 +23,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
-from hndsr.pipeline import Cancelled, InvalidRequest, Sampling, SRParams, super_resolve, validate
+from hndsr.inference.pipeline import Cancelled, InvalidRequest, Sampling, SRParams, super_resolve, validate
 from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, Admission, lower_priority
 from hndsr.serving.bls import BLSRunner
 from hndsr.serving.counters import counter_families
@@ -56,6 +56,7 @@ class TritonPythonModel:
         self.admission = Admission.from_env(params)
         lower_priority()
         self.stage_retry_s = float(params.get("stage_retry_s", DEFAULT_STAGE_RETRY_S))
+        self.sampling = Sampling.from_json(params["sampling"])
         self.trimmer = HeapTrimmer()
         self._init_metrics()
 
@@ -110,7 +111,6 @@ class TritonPythonModel:
     def _handle(self, request):
         control = json.loads(pb_utils.get_input_tensor_by_name(request, "CONTROL").as_numpy().reshape(-1)[0])
         ticket = control.get("ticket")
-        sampling = Sampling(float(control["residual_scale"]), int(control["start_timestep"]))
         limits = Limits(max_output_pixels=int(control.get("max_output_pixels", Limits.max_output_pixels)))
         params = SRParams(
             scale=float(_scalar(request, SCALE.name, SCALE.default)),
@@ -133,7 +133,7 @@ class TritonPythonModel:
 
         runner = BLSRunner(self.device, should_stop, self.stage_retry_s, lambda stage: self.m_retries.increment(1))
         image = from_dlpack(tensor.to_dlpack()).to(self.device)
-        result = super_resolve(image, params, runner, sampling, is_cancelled=should_stop, on_step=on_step)
+        result = super_resolve(image, params, runner, self.sampling, is_cancelled=should_stop, on_step=on_step)
         info = {**result.info, "model_version": control.get("model_version"), "precision": control.get("precision")}
         self.m_tiles.increment(info["tiles"])
         self.m_steps.increment(info["steps"])

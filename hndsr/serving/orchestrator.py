@@ -51,7 +51,7 @@ from hndsr.serving.counters import counter_families
 CORE = "hndsr_core"
 OUTPUTS = ("SR_IMAGE", "INFO")
 OUTCOMES = ("success", "invalid", "cancelled", "error", "overloaded", "draining", "timeout")
-CONTROL_KEYS = ("residual_scale", "start_timestep", "max_output_pixels", "model_version", "precision")
+CONTROL_KEYS = ("max_output_pixels", "model_version", "precision")
 POLL_S = 0.05
 
 

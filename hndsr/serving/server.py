@@ -24,10 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hndsr.paths import REPO_ROOT
 from hndsr.serving import admission
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 ADMIN_HEADER = "hndsr-admin-token"
 """Header that unlocks Triton's model-control (and logging/trace) API when the launcher enables it."""

@@ -11,22 +11,11 @@ from PIL import Image
 from torch.nn import functional as F
 
 from hndsr.config import SCALE_MAX, SCALE_MIN
-from hndsr.imaging import upsample
-from hndsr_client.image_io import IMAGE_SUFFIXES, read_rgb
+from hndsr.inference.imaging import list_images, upsample
+from hndsr_client.image_io import read_rgb
 
 ANCHOR_SCALES = (2.0, 3.0, 4.0, 4.0, 4.0, 8.0)
 """4x (the main use) weighted three times."""
-
-
-def list_images(root: str | Path) -> list[Path]:
-    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images under {root}")
-    return files
-
-
-def load_images(root: str | Path) -> list[np.ndarray]:
-    return [read_rgb(p) for p in list_images(root)]
 
 
 def pack_images(src: str | Path, dst: str | Path) -> tuple[int, int]:

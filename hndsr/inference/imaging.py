@@ -1,10 +1,16 @@
-"""Tensor conversions and the bicubic upsampling that every stage model sees."""
+"""Image helpers: listing and reading image files, tensor conversions, the bicubic upsampling every
+stage model sees, and the reference degradation of the evaluation protocol and training."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
+
+from hndsr_client.image_io import IMAGE_SUFFIXES, read_rgb
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -35,3 +41,20 @@ def dihedral_view(image: torch.Tensor, index: int, inverse: bool = False) -> tor
         if active:
             image = op(image)
     return image
+
+
+def bicubic_downscale(hr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """PIL bicubic resize of uint8 HR to (height, width): the protocol's (../shared/data/README.md) LR."""
+    return np.array(Image.fromarray(hr).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (recursively), sorted."""
+    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images under {root}")
+    return files
+
+
+def load_images(root: str | Path) -> list[np.ndarray]:
+    return [read_rgb(p) for p in list_images(root)]

@@ -17,9 +17,10 @@ from PIL import Image
 from scipy.ndimage import convolve
 from scipy.special import gamma
 
-from hndsr.metrics import rgb_to_y
+from hndsr.evaluation.metrics import rgb_to_y
+from hndsr.paths import ASSETS
 
-DEFAULT_PARAMS = Path(__file__).resolve().parent / "assets" / "niqe_pris_params.npz"
+DEFAULT_PARAMS = ASSETS / "niqe_pris_params.npz"
 
 _GAM = np.arange(0.2, 10.001, 0.001)
 _R_GAM = gamma(2 / _GAM) ** 2 / (gamma(1 / _GAM) * gamma(3 / _GAM))

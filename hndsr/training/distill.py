@@ -5,7 +5,7 @@ A narrower prior is cut out of the trained one (``prune_prior``: the residual-st
 per-block hidden channels with the most activation energy, measured on training crops), then
 trained to reproduce the wide prior's two outputs, the latent prior z0 and the UNet's context
 (``distill``), so the encoder, decoder and UNet keep working with it unchanged. Resumable
-like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights exported with it.
+like ``hndsr.training.trainer``: a checkpoint every ``checkpoint_seconds``, EMA weights exported with it.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from hndsr.budget import Budget
 from hndsr.config import TILE
-from hndsr.data import PatchBank, load_images
+from hndsr.inference.imaging import load_images
 from hndsr.models.fno import FNOPrior
 from hndsr.models.hndsr import HNDSR
-from hndsr.train import EMA, adamw, learning_rate, prepare_run, probe_sets, quick_psnr
+from hndsr.training.budget import Budget
+from hndsr.training.data import PatchBank
+from hndsr.training.trainer import EMA, adamw, learning_rate, prepare_run, probe_sets, quick_psnr
 
 
 @dataclass
@@ -210,40 +211,3 @@ def distill(cfg: DistillConfig) -> Path:
 def teacher_batch(teacher: HNDSR, bank: PatchBank) -> tuple[torch.Tensor, torch.Tensor]:
     up, _, scale = bank.batch(8)
     return teacher.encoder(up), scale
-
-
-if __name__ == "__main__":
-    import typer
-
-    def main(
-        teacher: str = typer.Option("weights/hndsr.safetensors", help="trained weights (the wide prior)"),
-        data: str = typer.Option(..., help="training images"),
-        out: str = typer.Option("runs/distill", help="checkpoints, log and exported weights"),
-        val: str | None = typer.Option(None, help="validation images (reported, not trained on)"),
-        width: int = typer.Option(48, help="residual channels of the narrow prior"),
-        hidden: int = typer.Option(32, help="hidden channels of each of its blocks"),
-        seconds: float = typer.Option(0.0, help="wall-time budget (0 = by steps)"),
-        steps: int = typer.Option(20_000, help="training steps"),
-        lr: float = typer.Option(3e-4, help="peak learning rate (warm-up, then cosine)"),
-        gt_weight: float = typer.Option(0.0, help="weight of L1(decoder(student z0), HR) beside the distillation"),
-        init_student: str | None = typer.Option(None, help="start from this file (its prior; kept stages)"),
-        scales: str = typer.Option("", help="batch scales to draw from, e.g. 8,8,6,4 (default: training mix)"),
-    ) -> None:
-        """Prune the FNO prior to WIDTH channels and distill it from the trained one."""
-        cfg = DistillConfig(
-            teacher=teacher,
-            data=data,
-            out=out,
-            val=val,
-            width=width,
-            hidden=hidden,
-            seconds=seconds,
-            steps=steps,
-            lr=lr,
-            gt_weight=gt_weight,
-            init_student=init_student,
-            scales=tuple(float(v) for v in scales.split(",") if v.strip()),
-        )
-        print(distill(cfg))
-
-    typer.run(main)

@@ -6,20 +6,22 @@ the DDIM loop with one batched UNet call per step, the blending and the stitchin
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import torch
 from torch.nn import functional as F
 
 from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
-from hndsr.degrid import degridded_output
-from hndsr.diffusion import DDIMScheduler
-from hndsr.imaging import dihedral_view, to_uint8, upsample
-from hndsr.tiling import TilePlan
+from hndsr.inference.degrid import degridded_output
+from hndsr.inference.diffusion import DDIMScheduler
+from hndsr.inference.imaging import dihedral_view, to_uint8, upsample
+from hndsr.inference.texture_gate import texture_gate
+from hndsr.inference.tiling import TilePlan
 from hndsr_client.image_io import output_size
 from hndsr_client.interface import ENSEMBLE, ETA
 
@@ -60,14 +62,30 @@ class SRParams:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Constants learned with the weights: residual latent scale and the DDIM start timestep."""
+    """Constants chosen with the weights: residual latent scale, DDIM start timestep and the
+    texture gate's contrast floor and gain (``hndsr.inference.texture_gate``; floor 0 and gain 1 = off)."""
 
     residual_scale: float
     start_timestep: int
+    texture_floor: float = 0.0
+    texture_gain: float = 1.0
 
     @classmethod
     def of(cls, model) -> Sampling:
-        return cls(float(model.residual_scale), int(round(float(model.start_timestep))))
+        return cls(
+            float(model.residual_scale),
+            int(round(float(model.start_timestep))),
+            float(model.texture_floor),
+            float(model.texture_gain),
+        )
+
+    def to_json(self) -> str:
+        """The form the core's Triton config carries (``from_json`` reads it back)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Sampling:
+        return cls(**json.loads(text))
 
 
 @dataclass
@@ -228,7 +246,9 @@ def _one_view(
             sample, _ = scheduler.step(v, t, sample, eta=params.eta, noise=noise)
             if on_step is not None:
                 on_step(i + 1, len(timesteps))
-        latent = latent + sample / sampling.residual_scale
+        latent = (
+            latent + texture_gate(up, sampling.texture_floor, sampling.texture_gain) * sample / sampling.residual_scale
+        )
 
     decoded = plan.blend(timer.run("decoder", runner.decode, latent_plan.split(latent)))
     return degridded_output(decoded, up)[:, :out_h, :out_w], plan.count

@@ -1,4 +1,4 @@
-"""The step/wall-time budget of a resumable fine-tune (``hndsr.distill``, ``hndsr.adversarial``).
+"""The step/wall-time budget of a resumable fine-tune (``hndsr.training.distill``, ``hndsr.training.adversarial``).
 
 Owns the progress (steps done or seconds spent, whichever is further), the running mean of the
 logged losses, when to report and checkpoint, and the JSON-lines log; the caller owns the model,

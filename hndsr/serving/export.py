@@ -17,16 +17,16 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from hndsr.inference.pipeline import Sampling
 from hndsr.models.hndsr import HNDSR, STAGES
-from hndsr.pipeline import Sampling
+from hndsr.paths import MODEL_REPOSITORY, WEIGHTS
 from hndsr.serving.configs import core_config, orchestrator_config, stage_config
 from hndsr.serving.stages import STAGE_SPECS, example_inputs, stage_module
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "hndsr.safetensors"
-DEFAULT_REPO = REPO_ROOT / "model_repository"
+DEFAULT_WEIGHTS = WEIGHTS
+DEFAULT_REPO = MODEL_REPOSITORY
 OPSET = 17
-PARITY_TOLERANCE = 1e-3
+PARITY_TOLERANCE = 1e-4
 
 
 def weights_digest(path: Path) -> str:
@@ -83,18 +83,16 @@ def write_configs(repo: Path, sampling: Sampling, version: str) -> None:
     for name, stream in (("hndsr", False), ("hndsr_stream", True)):
         for sub in ("configs", "1"):
             (repo / name / sub).mkdir(parents=True, exist_ok=True)
-        (repo / name / "config.pbtxt").write_text(orchestrator_config("cpu", sampling, version, stream))
+        (repo / name / "config.pbtxt").write_text(orchestrator_config("cpu", version, stream))
         for variant in ("gpu", "trt"):
-            (repo / name / "configs" / f"{variant}.pbtxt").write_text(
-                orchestrator_config(variant, sampling, version, stream)
-            )
+            (repo / name / "configs" / f"{variant}.pbtxt").write_text(orchestrator_config(variant, version, stream))
         (repo / name / "1" / "model.py").write_text(_model_py("The HNDSR orchestrator", "hndsr.serving.orchestrator"))
     core = repo / "hndsr_core"
     for sub in ("configs", "1"):
         (core / sub).mkdir(parents=True, exist_ok=True)
-    (core / "config.pbtxt").write_text(core_config("cpu"))
+    (core / "config.pbtxt").write_text(core_config("cpu", sampling))
     for variant in ("gpu", "trt"):
-        (core / "configs" / f"{variant}.pbtxt").write_text(core_config(variant))
+        (core / "configs" / f"{variant}.pbtxt").write_text(core_config(variant, sampling))
     (core / "1" / "model.py").write_text(
         _model_py("The HNDSR pipeline behind the hndsr/hndsr_stream front models", "hndsr.serving.core")
     )

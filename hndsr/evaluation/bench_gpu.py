@@ -1,11 +1,11 @@
 """Throughput of the serving pipeline on a CUDA GPU, in output megapixels per second.
 
-Runs ``hndsr.pipeline.super_resolve`` (the code the Triton orchestrator runs: tiling, FNO prior,
+Runs ``hndsr.inference.pipeline.super_resolve`` (the code the Triton core runs: tiling, FNO prior,
 batched DDIM steps, decoding, de-gridding, stitching) with the stages as PyTorch CUDA modules,
 warm, best of ``--repeats``. It measures the model on the GPU without Triton: the lent GPU
 machine has no Docker, no TensorRT and no Triton GPU build (see README, Deployment).
 
-    PYTHONPATH=.:client python3 -m hndsr.bench_gpu --out $OUT
+    PYTHONPATH=.:client python3 -m hndsr.cli bench-gpu --out $OUT
 """
 
 from __future__ import annotations
@@ -15,13 +15,9 @@ import time
 from pathlib import Path
 
 import torch
-import typer
 
-from hndsr.config import DEFAULT_STEPS
+from hndsr.inference.pipeline import Sampling, SRParams, TorchRunner, super_resolve
 from hndsr.models.hndsr import HNDSR
-from hndsr.pipeline import Sampling, SRParams, TorchRunner, super_resolve
-
-WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "hndsr.safetensors"
 
 
 def _sync(device: torch.device) -> None:
@@ -56,27 +52,23 @@ def measure(model: HNDSR, lr_side: int, steps: int, chunk: int, repeats: int, dt
     }
 
 
-app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
-
-
-@app.command()
 def bench(
-    weights: Path = typer.Option(WEIGHTS, help="model weights (safetensors)"),
-    sizes: str = typer.Option("256,1000", help="LR sides (4x output: 1000 -> 16 MP, the server's limit)"),
-    steps: str = typer.Option(f"0,{DEFAULT_STEPS}", help="DDIM step counts to time"),
-    chunk: int = typer.Option(256, help="tiles per stage call (Triton sends all tiles at once)"),
-    repeats: int = typer.Option(2, help="timed passes after one warm-up (the best counts)"),
-    device: str = typer.Option("cuda", help="torch device (cuda, or cpu for a dry run)"),
-    out: Path | None = typer.Option(None, help="also write bench_gpu.json here"),
+    weights: Path,
+    sizes: tuple[int, ...],
+    steps: tuple[int, ...],
+    chunk: int,
+    repeats: int,
+    device: str,
+    out: Path | None,
 ) -> None:
-    """Output megapixels per second of the serving pipeline on a GPU, float32 and bfloat16."""
+    """Time every (LR side, step count, dtype); print a table, optionally write bench_gpu.json."""
     torch_device = torch.device(device)
     model = HNDSR.load(weights, device=torch_device).eval()
     dtypes = [torch.float32, torch.bfloat16] if torch_device.type == "cuda" else [torch.float32]
     name = torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu"
     rows = []
-    for side in map(int, sizes.split(",")):
-        for n in map(int, steps.split(",")):
+    for side in sizes:
+        for n in steps:
             for dtype in dtypes:
                 rows.append(measure(model, side, n, chunk, repeats, dtype))
                 print(json.dumps(rows[-1]), flush=True)
@@ -92,7 +84,3 @@ def print_table(name: str, rows: list[dict]) -> None:
     print(f"{name}\n| LR side | steps | dtype | output MP | s | MP/s |")
     for r in rows:
         print("| " + " | ".join(str(r[k]) for k in keys) + " |")
-
-
-if __name__ == "__main__":
-    app()

@@ -79,8 +79,8 @@ def speed_vs_span(
     Each side runs over every image once to warm up, then ``repeats`` more times in turn; the
     faster of its timed passes counts.
     """
-    from hndsr.baselines import SPAN_MODELS, SpanNcnn
-    from hndsr.evaluate import load_pairs
+    from hndsr.evaluation.baselines import SPAN_MODELS, SpanNcnn
+    from hndsr.evaluation.evaluate import load_pairs
     from hndsr_client.triton_client import HNDSRClient
 
     if scale not in SPAN_MODELS:

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import torch
 
-NUM_TRAIN_TIMESTEPS = 1000
+from hndsr.config import NUM_TRAIN_TIMESTEPS
 
 
 def cosine_alphas_cumprod(num_steps: int = NUM_TRAIN_TIMESTEPS, max_beta: float = 0.999) -> torch.Tensor:

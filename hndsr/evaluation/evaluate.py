@@ -18,12 +18,11 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from hndsr.baselines import SPAN_MODELS, SpanNcnn, bicubic
-from hndsr.data import list_images
-from hndsr.degradation import bicubic_downscale
-from hndsr.metrics import haarpsi, periodic_ratio, psnr_y, ssim_y
-from hndsr.niqe import DEFAULT_PARAMS, niqe
-from hndsr.pipeline import Sampling, SRParams, TorchRunner, super_resolve
+from hndsr.evaluation.baselines import SPAN_MODELS, SpanNcnn, bicubic
+from hndsr.evaluation.metrics import haarpsi, periodic_ratio, psnr_y, ssim_y, texture
+from hndsr.evaluation.niqe import DEFAULT_PARAMS, niqe
+from hndsr.inference.imaging import bicubic_downscale, list_images
+from hndsr.inference.pipeline import Sampling, SRParams, TorchRunner, super_resolve
 from hndsr_client.image_io import read_rgb
 
 
@@ -52,6 +51,8 @@ class MethodScores:
     haarpsi: list[float] = field(default_factory=list)
     niqe: list[float] = field(default_factory=list)
     periodic: list[float] = field(default_factory=list)
+    detail: list[float] = field(default_factory=list)
+    grain: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
     def add(self, sr: np.ndarray, hr: np.ndarray, scale: int, niqe_params: Path, seconds: float) -> None:
@@ -62,6 +63,9 @@ class MethodScores:
         big_enough = min(hr.shape[:2]) - 2 * scale >= 96  # NIQE works on 96x96 blocks
         self.niqe.append(niqe(sr, scale, niqe_params) if big_enough else float("nan"))
         self.periodic.append(periodic_ratio(sr))
+        detail, grain = texture(sr, hr)
+        self.detail.append(detail)
+        self.grain.append(grain)
 
     def summary(self) -> dict[str, float]:
         return {
@@ -70,6 +74,8 @@ class MethodScores:
             "haarpsi": float(np.mean(self.haarpsi)),
             "niqe": float(np.nanmean(self.niqe)) if not np.all(np.isnan(self.niqe)) else float("nan"),
             "periodic_ratio": float(np.median(self.periodic)),
+            "detail": float(np.median(self.detail)),
+            "grain_per_detail": float(np.median(self.grain) / np.median(self.detail)),
             "seconds_per_image": float(np.mean(self.seconds)),
         }
 
@@ -213,19 +219,22 @@ def markdown_table(result: dict) -> str:
     lines = [
         f"Scale {result['scale']}x, {result['images']} images of `{result['data']}`",
         "",
-        "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | HaarPSI ↑ | NIQE ↓ | periodic ratio ↓ | s / image (CPU) |",
-        "|---|---|---|---|---|---|---|",
-        f"| HR itself | – | – | – | – | {result['hr_periodic_ratio']:.1f} | – |",
+        "| method | PSNR-Y (dB) ↑ | SSIM-Y ↑ | HaarPSI ↑ | NIQE ↓ | detail | grain/detail ↓ | periodic ratio ↓ "
+        "| s / image (CPU) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| HR itself | – | – | – | – | 1.00 | 1.00 | {result['hr_periodic_ratio']:.1f} | – |",
     ]
     c = result["autoencoder_ceiling"]
     lines.append(
         f"| autoencoder ceiling: decoder(encoder(HR)), sees HR | {c['psnr_y']:.2f} | {c['ssim_y']:.3f} "
-        f"| {c['haarpsi']:.3f} | {c['niqe']:.2f} | {c['periodic_ratio']:.1f} | {c['seconds_per_image']:.2f} |"
+        f"| {c['haarpsi']:.3f} | {c['niqe']:.2f} | {c['detail']:.2f} | {c['grain_per_detail']:.2f} "
+        f"| {c['periodic_ratio']:.1f} | {c['seconds_per_image']:.2f} |"
     )
     for name, s in result["summary"].items():
         lines.append(
             f"| {name} | {s['psnr_y']:.2f} | {s['ssim_y']:.3f} | {s['haarpsi']:.3f} | {s['niqe']:.2f} "
-            f"| {s['periodic_ratio']:.1f} | {s['seconds_per_image']:.2f} |"
+            f"| {s['detail']:.2f} | {s['grain_per_detail']:.2f} | {s['periodic_ratio']:.1f} "
+            f"| {s['seconds_per_image']:.2f} |"
         )
     if result["max_abs_pixel_diff_triton_vs_pytorch"]:
         lines += ["", "Triton vs PyTorch, max abs pixel difference on the first images:"]

@@ -32,13 +32,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from hndsr.config import TrainConfig
-from hndsr.data import PatchBank, load_images
-from hndsr.degradation import bicubic_downscale
-from hndsr.diffusion import DDIMScheduler
-from hndsr.imaging import to_tensor, upsample
-from hndsr.metrics import periodic_ratio, psnr_y
+from hndsr.evaluation.metrics import periodic_ratio, psnr_y
+from hndsr.inference.diffusion import DDIMScheduler
+from hndsr.inference.imaging import bicubic_downscale, load_images, to_tensor, upsample
 from hndsr.models.hndsr import HNDSR
+from hndsr.training.config import TrainConfig
+from hndsr.training.data import PatchBank
 
 PHASES = ("regression", "degrid", "diffusion")
 LOG_FIELDS = [
@@ -237,7 +236,7 @@ class Trainer:
         self.device = prepare_run(cfg.threads, cfg.seed)
         self.model = HNDSR(**(HNDSR.architecture_of(cfg.init) if cfg.init else {})).to(self.device)
         self.sched = DDIMScheduler()
-        images = load_images(cfg.data)
+        images = [image for folder in cfg.data.split(",") for image in load_images(folder.strip())]
         self.bank = PatchBank(images, cfg.patch, self.device, seed=cfg.seed, augment=cfg.augment)
         self.train_probe, self.val_images = probe_sets(images, cfg.val)
         self.ckpt_path = self.out / "checkpoint.pt"
@@ -311,7 +310,8 @@ class Trainer:
             log = csv.DictWriter(log_file, LOG_FIELDS)
             if new_log:
                 log.writeheader()
-            for phase in PHASES[PHASES.index(self.state["phase"]) :]:
+            last = PHASES.index(self.cfg.stop_after) if self.cfg.stop_after else len(PHASES) - 1
+            for phase in PHASES[PHASES.index(self.state["phase"]) : last + 1]:
                 self._run_phase(phase, log, log_file)
         return self.weights_out
 

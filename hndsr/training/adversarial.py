@@ -12,7 +12,7 @@ Half of each batch starts where the sampler does (the prior's zero residual nois
 (the true residual noised to a random timestep at or below the start, with the v-MSE loss as
 well); ``chain_consistency`` keeps longer chains from smoothing the first step's texture away.
 The served weights: run I then N of the README's *Training* (NIQE 5.61 -> 4.65 on val at steps 1,
--0.20 dB PSNR-Y). Resumable like ``hndsr.train``: a checkpoint every ``checkpoint_seconds``, EMA weights
+-0.20 dB PSNR-Y). Resumable like ``hndsr.training.trainer``: a checkpoint every ``checkpoint_seconds``, EMA weights
 exported with it and kept per step (the strength is chosen afterwards).
 """
 
@@ -28,12 +28,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from hndsr.budget import Budget
-from hndsr.data import PatchBank, load_images
-from hndsr.degrid import degridded_output
-from hndsr.diffusion import DDIMScheduler
+from hndsr.inference.degrid import degridded_output
+from hndsr.inference.diffusion import DDIMScheduler
+from hndsr.inference.imaging import load_images
 from hndsr.models.hndsr import HNDSR
-from hndsr.train import EMA, adamw, diffusion_inputs, learning_rate, prepare_run, probe_sets
+from hndsr.training.budget import Budget
+from hndsr.training.data import PatchBank
+from hndsr.training.trainer import EMA, adamw, diffusion_inputs, learning_rate, prepare_run, probe_sets
 
 
 @dataclass
@@ -141,8 +142,8 @@ def chain_consistency(
 @torch.no_grad()
 def probe_scores(model: HNDSR, images: list[np.ndarray], steps: int = 1, scale: int = 4) -> dict[str, float]:
     """``hndsr eval``'s scores of the served path (``steps``) on whole images: the fine-tune's proxy."""
-    from hndsr.evaluate import MethodScores, load_pair, torch_upscaler
-    from hndsr.niqe import DEFAULT_PARAMS
+    from hndsr.evaluation.evaluate import MethodScores, load_pair, torch_upscaler
+    from hndsr.evaluation.niqe import DEFAULT_PARAMS
 
     was_training = model.training
     upscale = torch_upscaler(model, scale, steps)
@@ -236,47 +237,3 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         budget.tick({k: float(v.detach()) for k, v in losses.items()})
     budget.finish()
     return weights_out
-
-
-if __name__ == "__main__":
-    import typer
-
-    def main(
-        init: str = typer.Option("weights/hndsr.safetensors", help="trained weights to fine-tune the UNet of"),
-        data: str = typer.Option(..., help="training images"),
-        out: str = typer.Option("runs/adversarial", help="checkpoints, log and exported weights"),
-        val: str | None = typer.Option(None, help="validation images (reported, not trained on)"),
-        seconds: float = typer.Option(0.0, help="wall-time budget (0 = by steps)"),
-        steps: int = typer.Option(20_000, help="training steps"),
-        batch: int = typer.Option(8, help="patches per step (half sampler starts, half forward process)"),
-        patch: int = typer.Option(128, help="HR patch side"),
-        lr: float = typer.Option(1e-4, help="UNet peak learning rate"),
-        adv_weight: float = typer.Option(0.03, help="weight of the adversarial loss"),
-        v_weight: float = typer.Option(0.1, help="weight of the v-MSE loss on the forward-process half"),
-        lowfreq_weight: float = typer.Option(0.0, help="weight of an L1 on 4x4 cell means (tone anchor)"),
-        consistency_weight: float = typer.Option(0.0, help="weight of the chain-consistency loss"),
-        threads: int = typer.Option(0, help="CPU threads (0 = PyTorch's default)"),
-        checkpoint_seconds: float = typer.Option(300.0, help="seconds between checkpoints (each keeps its weights)"),
-    ) -> None:
-        """Fine-tune the UNet with a patch discriminator beside L1 and v-MSE."""
-        cfg = AdversarialConfig(
-            init=init,
-            data=data,
-            out=out,
-            val=val,
-            seconds=seconds,
-            steps=steps,
-            batch=batch,
-            patch=patch,
-            lr=lr,
-            adv_weight=adv_weight,
-            v_weight=v_weight,
-            lowfreq_weight=lowfreq_weight,
-            consistency_weight=consistency_weight,
-            threads=threads,
-            checkpoint_seconds=checkpoint_seconds,
-            report_seconds=checkpoint_seconds,
-        )
-        print(adversarial(cfg))
-
-    typer.run(main)

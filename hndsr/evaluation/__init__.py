@@ -1,0 +1,1 @@
+"""Evaluation: quality metrics, baselines, the eval protocol and speed benchmarks."""

@@ -1,0 +1,38 @@
+"""Texture gate: put generated detail where the LR image says there is texture, not grain on flat ground.
+
+The generative path adds a residual latent (the diffusion sample) to the prior's z0. Trained to
+fool a discriminator, the UNet adds high frequencies everywhere, also over water, sand, lawns and
+shadow, where the HR image has none (measured as *grain*, ``hndsr.evaluation.metrics.texture``). The gate
+weights the residual per latent cell by ``gain * s^2 / (s^2 + floor^2)``, ``s`` the local contrast
+of the bicubic canvas (RMS of its luma minus a 5x5 mean, over a 3x3-cell neighbourhood, in grey
+levels): near ``gain`` where the LR has structure, near 0 where it is flat. Floor 0 and gain 1
+turn it off. The LR is all the gate sees, so it is the same for every seed and step count.
+The served floor and gain were chosen on training tiles (docs/training.md) and are stored with
+the weights (``HNDSR.texture_floor``, ``HNDSR.texture_gain``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from hndsr.config import LATENT_FACTOR
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def local_contrast(canvas: torch.Tensor) -> torch.Tensor:
+    """RMS local contrast (grey levels) of a [3, H, W] canvas in [0, 1], per latent cell: [1, H/4, W/4]."""
+    luma = torch.einsum("chw,c->hw", canvas.float(), torch.tensor(_LUMA, device=canvas.device))[None, None] * 255
+    mean = F.avg_pool2d(F.pad(luma, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    energy = F.avg_pool2d((luma - mean) ** 2, LATENT_FACTOR)
+    energy = F.avg_pool2d(F.pad(energy, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return energy.sqrt()[0]
+
+
+def texture_gate(canvas: torch.Tensor, floor: float, gain: float = 1.0) -> torch.Tensor | float:
+    """Per-cell weight of the generated residual, [1, H/4, W/4] (or ``gain`` when ``floor`` is 0)."""
+    if floor <= 0:
+        return gain
+    energy = local_contrast(canvas) ** 2
+    return gain * energy / (energy + floor**2)

@@ -1,0 +1,1 @@
+"""Training: data, the three-phase trainer, prior distillation, the adversarial UNet fine-tune."""
