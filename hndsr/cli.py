@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -130,19 +130,33 @@ def _upscale(url: str, src: Path, dst: Path, scale: float, steps: int, seed: int
 def up(
     host: str = typer.Option("127.0.0.1", help="address for Triton and the UI"),
     ui_port: int = typer.Option(7860, help="port of the web UI"),
+    http_port: int = typer.Option(8000, help="Triton's HTTP/REST port"),
+    grpc_port: int = typer.Option(8001, help="Triton's gRPC port"),
+    metrics_port: int = typer.Option(8002, help="Triton's Prometheus metrics port"),
+    drain_grace: float = typer.Option(60.0, help="seconds requests in flight at SIGTERM/Ctrl-C may take to finish"),
 ) -> None:
-    """Start Triton (CPU) and the web UI together; Ctrl-C stops both."""
-    from hndsr_ui.app import launch
+    """Start Triton (CPU) and the web UI with the same supervised lifecycle as ``hndsr serve``
+    (watchdog, self-healing, bounded queue); Ctrl-C/SIGTERM stops the UI, then drains Triton."""
+    from hndsr.serving.supervisor import SupervisorOptions, serve_forever
+
+    def start_ui(opts: ServerOptions) -> Callable[[], None]:
+        from hndsr_ui.app import launch
+
+        local = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
+        demo = launch(
+            f"{local}:{opts.grpc_port}",
+            f"{local}:{opts.http_port}",
+            f"http://{local}:{opts.metrics_port}/metrics",
+            host,
+            ui_port,
+            block=False,
+        )
+        typer.echo(f"UI on http://{host}:{ui_port}")
+        return demo.close
 
     ensure_exported()
-    opts = _options(host, 8000, 8001, 8002, None)
-    log = REPO_ROOT / "runs" / "tritonserver.log"
-    try:
-        with _server(opts, log) as server:
-            typer.echo(f"Triton ready (log: {log}); UI on http://{host}:{ui_port}")
-            launch(server.grpc, server.http, server.metrics, host, ui_port)
-    except KeyboardInterrupt:
-        pass
+    opts = _options(host, http_port, grpc_port, metrics_port, None)
+    raise typer.Exit(serve_forever(opts, SupervisorOptions(drain_grace_s=drain_grace), companion=start_ui))
 
 
 @app.command()

@@ -44,3 +44,17 @@ def test_client_upscales_without_server_packages(triton, tmp_path):
     proc = subprocess.run([*cmd, "--url", triton["grpc"]], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert Image.open(dst).size == (64, 48)
+
+
+def test_importing_the_client_package_or_the_server_loads_no_client_library():
+    """``import hndsr_client`` and the server's modules load tritonclient/gRPC only when a client
+    class is used (every core stub and training run imports ``hndsr_client.interface``)."""
+    code = (
+        "import sys, hndsr_client, hndsr_client.interface, hndsr.inference.pipeline, hndsr.training.trainer\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('tritonclient', 'grpc', 'gevent')]\n"
+        "assert not loaded, loaded\n"
+        "hndsr_client.HNDSRClient\n"
+        "assert 'tritonclient.grpc' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -286,7 +287,17 @@ def test_resume_after_interruption_sends_only_the_rest(triton, fixture_tif, refe
 
 
 def _hndsr_successes(metrics_url: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    """The front's success count. Triton opens its metrics port a moment after it reports ready,
+    later still on a busy machine: wait for it (seen: connection refused right after start-up)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

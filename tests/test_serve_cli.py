@@ -135,3 +135,96 @@ def test_gpu_commands_run_from_the_bare_source_tree():
         assert done.stdout.splitlines()[0] == str(ROOT / "hndsr" / "training" / "gpu.py")
         assert "Usage:" in done.stdout
     assert "PYTHONPATH=.:client python3 -m hndsr.cli train gpu" in (ROOT / "hndsr" / "training" / "gpu.py").read_text()
+
+
+def _read_until(proc: subprocess.Popen, marker: str, lines: list[str], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if marker in line:
+            return True
+        if not line and proc.poll() is not None:
+            return False
+    return False
+
+
+@pytest.mark.integration
+def test_up_heals_a_stage_crash_and_drains_the_ui_request_on_sigterm(tmp_path):
+    """``hndsr up`` runs the supervised lifecycle of ``hndsr serve``: a killed stage stub is healed
+    and the next request (the UI's client) succeeds; SIGTERM stops the UI, lets the request in
+    flight finish, stops Triton and leaves no process and no shared-memory pool behind."""
+    import threading
+    import urllib.request
+
+    from hndsr.serving.server import processes, stub_processes
+    from hndsr_client.image_io import read_rgb
+
+    from .conftest import FIXTURES, wait_until
+
+    http, grpc, metrics, ui = free_port(), free_port(), free_port(), free_port()
+    cli = Path(sys.executable).parent / "hndsr"
+    args = ["up", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    proc = subprocess.Popen(
+        [str(cli), *args, "--ui-port", str(ui)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HNDSR_WORK_DIR": str(tmp_path)},
+    )
+    lines: list[str] = []
+    image = read_rgb(FIXTURES / "teak_0.png")[:64, :64]
+    try:
+        assert _read_until(proc, "UI on", lines, 300), "".join(lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui}/", timeout=30) as page:
+            assert page.status == 200
+        (triton,) = [p.pid for p in processes(proc.pid) if p.argv and p.argv[0].endswith(b"tritonserver")]
+        regions = {s.region for s in stub_processes(triton).values()}
+        (unet,) = [s for s in stub_processes(triton).values() if s.model == "unet"]
+        os.kill(unet.pid, signal.SIGKILL)
+        assert _read_until(proc, "unet: healed", lines, 120), "".join(lines)
+        regions |= {s.region for s in stub_processes(triton).values()}
+        with HNDSRClient(f"127.0.0.1:{grpc}") as client:
+            assert client.upscale(image, scale=4, steps=1).image.shape == (256, 256, 3)
+
+        results: list = []
+
+        def in_flight() -> None:
+            with HNDSRClient(f"127.0.0.1:{grpc}") as client:
+                results.append(client.upscale(image, scale=4, steps=8).image.shape)
+
+        before = _unet_executions(metrics)
+        worker = threading.Thread(target=in_flight)
+        worker.start()
+        assert wait_until(lambda: _unet_executions(metrics) > before, 60, interval=0.02)
+        proc.send_signal(signal.SIGTERM)
+        worker.join(120)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("hndsr up still running 120 s after SIGTERM:\n" + "".join(lines) + proc.communicate()[0])
+        assert results == [(256, 256, 3)], "".join(lines) + out
+        assert proc.returncode == 0, "".join(lines) + out
+        assert "tritonserver stopped" in out
+        assert mentioning(str(tmp_path)) == {}
+        assert not [r for r in regions if os.path.exists(r)], regions
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in mentioning(str(tmp_path)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _unet_executions(metrics_port: int) -> int:
+    """Triton's count of unet executions (it grows once a request is past admission, in the DDIM loop)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    return sum(
+        int(float(ln.rsplit(" ", 1)[1]))
+        for ln in text.splitlines()
+        if ln.startswith("nv_inference_exec_count") and 'model="unet"' in ln
+    )

@@ -47,7 +47,8 @@ class InvalidRequest(ValueError):
 
 
 class Cancelled(RuntimeError):
-    """The client went away; the DDIM loop stopped early."""
+    """The request was cancelled (the client went away, its deadline passed or the server is
+    draining); the DDIM loop stopped at the next step."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The forward real FFT along W and the complex FFT along H are replaced by products with
 precomputed cosine/sine bases restricted to the kept modes, so the exported ONNX graph has
-only MatMul/Einsum ops (no DFT op) and the result equals the ``torch.fft`` formulation.
+only MatMul ops (no DFT op) and the result equals the ``torch.fft`` formulation.
 """
 
 from __future__ import annotations

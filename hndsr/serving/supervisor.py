@@ -25,7 +25,6 @@ grace period short. Shared-memory pools that Triton leaves behind are removed on
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -126,12 +125,6 @@ class Supervisor:
     def ready(self, model: str | None = None) -> bool:
         path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
         return self._http("GET", path, timeout=2.0)[0] == 200
-
-    def model_states(self) -> dict[str, str]:
-        status, body = self._http("POST", "/v2/repository/index", admin=True)
-        if status != 200:
-            return {}
-        return {m["name"]: m.get("state", "") for m in json.loads(body)}
 
     def unload(self, model: str) -> bool:
         status, body = self._http("POST", f"/v2/repository/models/{model}/unload", admin=True)
@@ -306,14 +299,25 @@ class Supervisor:
         self.regions.clear()
         return removed
 
-    def run(self, stop: threading.Event, hurry: threading.Event | None = None) -> int:
-        """Watch until ``stop`` is set, then drain; 0 after a requested stop, 1 when healing failed."""
+    def run(
+        self,
+        stop: threading.Event,
+        hurry: threading.Event | None = None,
+        before_drain: Callable[[], None] | None = None,
+    ) -> int:
+        """Watch until ``stop`` is set, then ``before_drain`` (e.g. stop the web UI), then drain;
+        0 after a requested stop, 1 when healing failed."""
         healthy = True
         while not stop.is_set():
             if not self.watch_once():
                 healthy = False
                 break
             stop.wait(self.sup.probe_interval_s)
+        if before_drain is not None:
+            try:
+                before_drain()
+            except Exception as exc:  # noqa: BLE001 - Triton must still be drained and stopped
+                self.log(f"stopping the companion failed: {exc!r}")
         if self.proc is not None and self.proc.poll() is None:
             self.drain_and_stop(hurry)
         return 0 if healthy else 1
@@ -344,8 +348,14 @@ def relay_signals(stop: threading.Event, hurry: threading.Event) -> None:
     threading.Thread(target=relay, name="signal-relay", daemon=True).start()
 
 
-def serve_forever(opts: ServerOptions, sup: SupervisorOptions | None = None) -> int:
-    """``hndsr serve``: start, watch and heal; drain and stop on Ctrl-C/SIGTERM (twice: hurry)."""
+def serve_forever(
+    opts: ServerOptions,
+    sup: SupervisorOptions | None = None,
+    companion: Callable[[ServerOptions], Callable[[], None]] | None = None,
+) -> int:
+    """``hndsr serve`` and ``hndsr up``: start, watch and heal; drain and stop on Ctrl-C/SIGTERM
+    (twice: hurry). ``companion`` (the web UI of ``hndsr up``) starts once Triton is ready and
+    returns its stop function, called first at shutdown: no new requests, then the drain."""
     stop, hurry = threading.Event(), threading.Event()
     relay_signals(stop, hurry)
     supervisor = Supervisor(opts, sup)
@@ -355,4 +365,11 @@ def serve_forever(opts: ServerOptions, sup: SupervisorOptions | None = None) -> 
         f"metrics http://{opts.host}:{opts.metrics_port}/metrics",
         flush=True,
     )
-    return supervisor.run(stop, hurry)
+    stop_companion = None
+    if companion is not None:
+        try:
+            stop_companion = companion(opts)
+        except BaseException:
+            supervisor.drain_and_stop(hurry)
+            raise
+    return supervisor.run(stop, hurry, stop_companion)
