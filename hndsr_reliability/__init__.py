@@ -39,6 +39,7 @@ from hndsr.serving.admission import Admission
 from hndsr.serving.server import Stub, free_port, stub_processes
 from hndsr_client.interface import INPUTS, request_arrays
 from hndsr_client.triton_client import (
+    RETRY_BACKOFF_S,
     HNDSRClient,
     HNDSRError,
     InvalidInputError,
@@ -740,8 +741,9 @@ def deadline(served: Served, profile: Profile, report: Report) -> None:
 class LightLoad:
     """One client sending small requests back to back (each with a deadline), recording outcomes."""
 
-    def __init__(self, served: Served) -> None:
+    def __init__(self, served: Served, retries: int | None = None) -> None:
         self.served = served
+        self.retries = retries
         self.events: list[tuple[float, str, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -751,7 +753,8 @@ class LightLoad:
         image = _image(48, 48, 9)
         t_end = time.monotonic() + 600
         while not self._stop.is_set() and time.monotonic() < t_end:
-            with HNDSRClient(self.served.grpc_url, timeout_s=150, deadline_s=120) as c:
+            more = {} if self.retries is None else {"retries": self.retries}
+            with HNDSRClient(self.served.grpc_url, timeout_s=150, deadline_s=120, **more) as c:
                 try:
                     c.upscale(image, scale=2.0, steps=2, seed=1)
                     self.events.append((time.monotonic(), "ok", ""))
@@ -815,6 +818,37 @@ def crash(served: Served, profile: Profile, report: Report) -> None:
             f"{len(failed)} / {served_ok}" + (f" ({failed[0][2][:80]})" if failed else ""),
         )
         report.details.setdefault("crash", {})[name] = {"down_s": down, "up_s": up, "failed": failed[:5]}
+
+
+def front_crash(served: Served, profile: Profile, report: Report, clients: int = 4) -> None:
+    """kill -9 of one ``hndsr`` front stub under ``clients`` steady clients, without and with the
+    client library's retries of requests a crashed or reloading front lost: failures seen by clients."""
+    for retries in (0, None):
+        served.wait_idle()
+        loads = [LightLoad(served, retries) for _ in range(clients)]
+        t_wait = time.monotonic() + 120
+        while not all(load.ok_after(0) for load in loads) and time.monotonic() < t_wait:
+            time.sleep(0.1)
+        (victim,) = sorted((s for s in served.stubs().values() if s.model == "hndsr"), key=lambda s: s.instance)[:1]
+        t_kill = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        t_end = t_kill + 150 * profile.timing_slack
+        while not all(load.ok_after(t_kill + 5) for load in loads) and time.monotonic() < t_end:
+            time.sleep(0.2)
+        for load in loads:
+            load.stop()
+        after = [e for load in loads for e in load.events if e[0] >= t_kill]
+        failed = [e for e in after if e[1] != "ok"]
+        label = "no retries" if retries == 0 else f"client retries ({len(RETRY_BACKOFF_S)}, default)"
+        report.add(
+            "front crash",
+            f"hndsr front kill -9, {clients} clients, {label}: requests failed / served",
+            f"{len(failed)} / {len(after) - len(failed)}" + (f" ({failed[0][2][:80]})" if failed else ""),
+            "0 failed" if retries is None else "",
+            # Enforced in the full run; the CI run (timing_slack > 1) only reports it.
+            (not failed) if retries is None and profile.timing_slack == 1 else None,
+        )
+        report.details.setdefault("front_crash", {})[label] = {"failed": failed[:5], "served": len(after)}
 
 
 # -- drain -----------------------------------------------------------------------------------------
@@ -917,7 +951,8 @@ def run_suite(profile: Profile, work: Path | None = None, echo: Callable[[str], 
     try:
         startup = served.wait_ready()
         echo(f"hndsr serve ready in {startup:.0f}s (log: {served.log_path})")
-        for name, scenario in (("soak", soak), ("overload", overload), ("deadline", deadline), ("crash", crash)):
+        scenarios = (("soak", soak), ("overload", overload), ("deadline", deadline), ("crash", crash))
+        for name, scenario in (*scenarios, ("front crash", front_crash)):
             t = time.monotonic()
             scenario(served, profile, report)
             echo(f"{name}: {time.monotonic() - t:.0f}s")

@@ -58,3 +58,51 @@ def test_importing_the_client_package_or_the_server_loads_no_client_library():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+class _FlakyServer:
+    """Stands in for the tritonclient client: fails the first ``failures`` calls with ``message``."""
+
+    def __init__(self, failures: int, message: str, status: str = "StatusCode.INTERNAL") -> None:
+        self.failures, self.message, self.status, self.calls = failures, message, status, 0
+
+    def infer(self, *args, **kwargs):
+        from tritonclient.utils import InferenceServerException
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise InferenceServerException(self.message, status=self.status)
+        return self
+
+    def as_numpy(self, name: str):
+        return np.array([b'{"tiles": 1}'], dtype=object) if name == "INFO" else np.zeros((8, 8, 3), np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("message", "failures", "calls", "outcome"),
+    [
+        ("Stub process 'hndsr_0_0' is not healthy.", 2, 3, None),  # a front crashed with the request
+        ("Request for unknown model: 'hndsr' has no available versions", 1, 2, None),  # reloading
+        ("Stub process 'hndsr_0_0' is not healthy.", 9, 4, "ServerUnavailableError"),  # bounded: 1 + 3
+        ("server overloaded, retry later", 1, 1, "OverloadedError"),  # refusals are never retried
+        ("Server is shutting down: model 'hndsr' is not ready", 1, 1, "ServerUnavailableError"),  # draining
+        ("SCALE must be in [2, 8], got 9", 1, 1, "InvalidInputError"),
+    ],
+)
+def test_client_retries_only_requests_a_crashed_or_reloading_front_lost(monkeypatch, message, failures, calls, outcome):
+    import hndsr_client.triton_client as tc
+
+    monkeypatch.setattr(tc, "RETRY_BACKOFF_S", (0.0, 0.0, 0.0))
+    client = tc.HNDSRClient("127.0.0.1:1")
+    status = "StatusCode.UNAVAILABLE" if "unknown model" in message or "shutting" in message else "StatusCode.INTERNAL"
+    server = _FlakyServer(failures, message, "StatusCode.INVALID_ARGUMENT" if "SCALE" in message else status)
+    client._client = server
+    if outcome is None:
+        assert client.upscale(np.zeros((4, 4, 3), np.uint8)).info == {"tiles": 1}
+    else:
+        with pytest.raises(getattr(tc, outcome)):
+            client.upscale(np.zeros((4, 4, 3), np.uint8))
+    assert server.calls == calls

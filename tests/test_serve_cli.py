@@ -183,7 +183,11 @@ def test_up_heals_a_stage_crash_and_drains_the_ui_request_on_sigterm(tmp_path):
         (unet,) = [s for s in stub_processes(triton).values() if s.model == "unet"]
         os.kill(unet.pid, signal.SIGKILL)
         assert _read_until(proc, "unet: healed", lines, 120), "".join(lines)
-        regions |= {s.region for s in stub_processes(triton).values()}
+        assert not os.path.exists(unet.region), "the dead stub's shm pool is left while Triton runs on"
+        live = {s.region for s in stub_processes(triton).values()}
+        ours = {r for r in os.listdir("/dev/shm") if r.startswith("triton_python_backend_shm_region")}
+        assert {f"/dev/shm/{r}" for r in ours} & regions <= live  # of this server's pools, only live ones
+        regions |= live
         with HNDSRClient(f"127.0.0.1:{grpc}") as client:
             assert client.upscale(image, scale=4, steps=1).image.shape == (256, 256, 3)
 

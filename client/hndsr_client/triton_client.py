@@ -50,6 +50,14 @@ _UNAVAILABLE = re.compile(
 )
 
 
+_RELOADING = re.compile(r"not healthy|stub process|no available versions|is not ready|unknown model", re.IGNORECASE)
+"""A front model whose stub crashed (the request it held is lost) or that is being reloaded: the
+launcher brings it back within seconds, so the same request (seeded, hence idempotent) is sent again."""
+
+RETRY_BACKOFF_S = (0.5, 1.0, 2.0)
+"""Waits before the retries of a request lost to a crashed or reloading front (a reload takes ~2 s)."""
+
+
 def _map_error(exc: InferenceServerException) -> HNDSRError:
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
@@ -63,7 +71,7 @@ def _map_error(exc: InferenceServerException) -> HNDSRError:
     if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lower or "timed out" in lower or "timeout" in lower:
         return RequestTimeoutError(f"request timed out: {message}")
     # Draining ("shutting down"), a model being reloaded, or no server at all.
-    if "UNAVAILABLE" in status or status == "503" or _UNAVAILABLE.search(message):
+    if "UNAVAILABLE" in status or status == "503" or _UNAVAILABLE.search(message) or _RELOADING.search(message):
         return ServerUnavailableError(f"server unavailable: {message}")
     if status == "400":
         return InvalidInputError(message)
@@ -87,15 +95,19 @@ class HNDSRClient:
         protocol: str = "grpc",
         timeout_s: float = 900.0,
         deadline_s: float | None = None,
+        retries: int = len(RETRY_BACKOFF_S),
     ) -> None:
         """``timeout_s``: how long this client waits. ``deadline_s``: sent as Triton's request timeout;
         the server gives up on the request once it has passed (while queued or between DDIM steps)
-        and answers "request timeout expired" (``RequestTimeoutError``)."""
+        and answers "request timeout expired" (``RequestTimeoutError``). ``retries``: how often
+        ``upscale`` sends a request again that a crashed or reloading front lost (waits
+        ``RETRY_BACKOFF_S``; never for refusals, invalid input, timeouts or a draining server)."""
         if protocol not in ("grpc", "http"):
             raise ValueError("protocol must be 'grpc' or 'http'")
         self.protocol = protocol
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
+        self.retries = retries
         if protocol == "grpc":
             self._mod = grpcclient
             self._client = grpcclient.InferenceServerClient(
@@ -178,10 +190,16 @@ class HNDSRClient:
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         kwargs.update(self._deadline())
         start = time.perf_counter()
-        try:
-            result = self._client.infer(MODEL, inputs, outputs=outputs, **kwargs)
-        except InferenceServerException as exc:
-            raise _map_error(exc) from None
+        for attempt in range(self.retries + 1):
+            try:
+                result = self._client.infer(MODEL, inputs, outputs=outputs, **kwargs)
+                break
+            except InferenceServerException as exc:
+                wait = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                lost = _RELOADING.search(exc.message() or str(exc)) and "shutting down" not in str(exc).lower()
+                if not lost or attempt == self.retries or time.perf_counter() - start + wait > self.timeout_s:
+                    raise _map_error(exc) from None
+                time.sleep(wait)
         return UpscaleResult(result.as_numpy("SR_IMAGE"), self._info(result), time.perf_counter() - start)
 
     def upscale_streaming(

@@ -46,6 +46,7 @@ from hndsr.serving.server import (
     remove_stale_regions,
     start_server,
     stop_server,
+    stub_maps_region,
     stub_processes,
     wait_ready,
 )
@@ -240,9 +241,20 @@ class Supervisor:
         for instance in [i for i, m in self.expected.items() if m == model]:
             self._stopped_since.pop(instance, None)
         self._snapshot({model})
+        removed = self._remove_dead_stub_regions()
         if ok:
-            self.log(f"{model}: healed in {time.monotonic() - t0:.1f}s")
+            pools = f", {removed} dead stub pools removed" if removed else ""
+            self.log(f"{model}: healed in {time.monotonic() - t0:.1f}s{pools}")
         return ok
+
+    def _remove_dead_stub_regions(self) -> int:
+        """Unlink the shm pools of stubs that are gone while Triton runs on. Triton may keep a dead
+        stub's pool mapped (its model version never finishes unloading), but nothing opens it by
+        name again: without this its file stays in /dev/shm until the server stops."""
+        dead = {path: pid for path, pid in self.regions.items() if not stub_maps_region(pid, path)}
+        for path in dead:
+            self.regions.pop(path)
+        return remove_stale_regions(dead, wait_s=0)
 
     def watch_once(self) -> bool:
         """One watchdog round; False when the service cannot be brought back."""
