@@ -1,0 +1,148 @@
+"""No shared-memory leak under ``hndsr serve``: after a stub crash and heal, after ``kill -9`` of
+tritonserver under load (three times) and after SIGTERM at moments of start-up, /dev/shm holds only
+the Python-backend pools that live processes use, and the replica serves again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import FIXTURES, free_port, mentioning, wait_until
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "triton_python_backend_shm_region"
+
+
+def pools() -> set[str]:
+    return {f"/dev/shm/{name}" for name in os.listdir("/dev/shm") if name.startswith(PREFIX)}
+
+
+def pools_in_use() -> set[str]:
+    """Pools named on the command line of a live stub (every stub's argv[2] is its pool)."""
+    from hndsr.serving.server import STUB_BINARY, processes
+
+    return {f"/dev/shm/{p.argv[2].decode()}" for p in processes() if p.argv and p.argv[0].endswith(STUB_BINARY)}
+
+
+class Serve:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.grpc = free_port()
+        cli = Path(sys.executable).parent / "hndsr"
+        ports = ["--http-port", str(free_port()), "--grpc-port", str(self.grpc), "--metrics-port", str(free_port())]
+        self.proc = subprocess.Popen(
+            [str(cli), "serve", *ports],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "HNDSR_WORK_DIR": str(work)},
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def triton(self) -> int | None:
+        from hndsr.serving.server import processes
+
+        found = [p.pid for p in processes(self.proc.pid) if p.argv and p.argv[0].endswith(b"tritonserver")]
+        return found[0] if found else None
+
+    def kill_all(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for pid in mentioning(str(self.work)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class Load:
+    """Two clients sending small requests back to back; outcomes are not judged (restarts fail some)."""
+
+    def __init__(self, port: int) -> None:
+        from hndsr_client.image_io import read_rgb
+
+        self.image = read_rgb(FIXTURES / "teak_0.png")[:48, :48]
+        self.port, self.ok = port, 0
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        from hndsr_client import HNDSRClient, HNDSRError
+
+        while not self.stop.is_set():
+            try:
+                with HNDSRClient(f"127.0.0.1:{self.port}", timeout_s=60, retries=0) as client:
+                    client.upscale(self.image, scale=4, steps=1)
+                    self.ok += 1
+            except HNDSRError:
+                self.stop.wait(0.2)
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(90)
+
+
+def test_no_pool_left_after_heals_and_tritonserver_kills(tmp_path):
+    before = pools()
+    serve = Serve(tmp_path)
+    try:
+        assert wait_until(lambda: serve.count("is ready") or serve.proc.poll() is not None, 300)
+        load = Load(serve.grpc)
+        try:
+            assert wait_until(lambda: load.ok >= 2, 120)
+            from hndsr.serving.server import stub_processes
+
+            (unet,) = [s for s in stub_processes(serve.triton()).values() if s.model == "unet"]
+            os.kill(unet.pid, signal.SIGKILL)
+            assert wait_until(lambda: serve.count("unet: healed"), 120), serve.lines
+            assert (pools() - before) <= pools_in_use(), "after a heal"
+            for round_ in range(1, 4):
+                ready = serve.count("tritonserver ready in")
+                os.kill(serve.triton(), signal.SIGKILL)
+                assert wait_until(lambda r=ready: serve.count("tritonserver ready in") > r, 180), serve.lines
+                served = load.ok
+                assert wait_until(lambda s=served: load.ok > s, 120), f"not serving after kill -9 #{round_}"
+                leaked = (pools() - before) - pools_in_use()
+                assert not leaked, f"after kill -9 #{round_} of tritonserver: {sorted(leaked)}"
+        finally:
+            load.close()
+        serve.proc.send_signal(signal.SIGTERM)
+        serve.proc.wait(120)
+        assert serve.proc.returncode == 0, serve.lines
+        assert not (pools() - before), "after the drain"
+    finally:
+        serve.kill_all()
+
+
+@pytest.mark.parametrize("moment", ["launcher started", "stubs starting", "ready"])
+def test_no_pool_left_after_sigterm_during_start_up(tmp_path, moment):
+    before = pools()
+    serve = Serve(tmp_path)
+    try:
+        if moment == "launcher started":
+            time.sleep(0.5)
+        elif moment == "stubs starting":
+            assert wait_until(lambda: (pools() - before) and serve.triton(), 120, interval=0.02)
+        else:
+            assert wait_until(lambda: serve.count("is ready"), 300)
+        serve.proc.send_signal(signal.SIGTERM)
+        serve.proc.wait(120)
+        assert wait_until(lambda: not mentioning(str(tmp_path)), 30), mentioning(str(tmp_path))
+        leaked = (pools() - before) - pools_in_use()
+        assert not leaked, (moment, sorted(leaked), serve.lines[-20:])
+    finally:
+        serve.kill_all()
