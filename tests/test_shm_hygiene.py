@@ -146,3 +146,56 @@ def test_no_pool_left_after_sigterm_during_start_up(tmp_path, moment):
         assert not leaked, (moment, sorted(leaked), serve.lines[-20:])
     finally:
         serve.kill_all()
+
+
+def test_a_64_mib_dev_shm_serves_up_to_its_limit_and_refuses_more_clearly(tmp_path):
+    """``hndsr serve`` in a mount namespace whose /dev/shm is a 64 MiB tmpfs (a container's default):
+    the launcher bounds the output size so the stubs' pools cannot fill it; the largest image within
+    the bound is served, a larger one gets INVALID_ARG naming the limit, and the server goes on."""
+    import re
+
+    import numpy as np
+
+    from hndsr_client import HNDSRClient, InvalidInputError
+    from hndsr_client.image_io import read_rgb
+
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True)
+    if os.geteuid() != 0 or probe.returncode != 0:
+        pytest.skip("needs root and unshare -m for a private 64 MiB /dev/shm")
+    grpc = free_port()
+    cli = Path(sys.executable).parent / "hndsr"
+    ports = ["--http-port", str(free_port()), "--grpc-port", str(grpc), "--metrics-port", str(free_port())]
+    script = 'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$@"'
+    proc = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(cli), "serve", *ports],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HNDSR_WORK_DIR": str(tmp_path)},
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    try:
+        assert wait_until(lambda: any("is ready" in ln for ln in lines) or proc.poll() is not None, 300)
+        (note,) = [ln for ln in lines if "small /dev/shm" in ln]
+        assert "64 MiB" in note
+        limit = int(re.search(r"limited to (\d+) output pixels", note)[1])
+        assert 500_000 < limit < 2_000_000  # about 1 MP in 64 MiB
+        side = int(limit**0.5) // 4  # the largest square LR image whose 4x output is within the limit
+        image = read_rgb(FIXTURES / "laodong_small.png")
+        big = np.ascontiguousarray(np.tile(image, (side // image.shape[0] + 1, side // image.shape[1] + 1, 1)))
+        with HNDSRClient(f"127.0.0.1:{grpc}", timeout_s=300) as client:
+            for _ in range(2):  # twice: the pools have grown to their size for it
+                assert client.upscale(big[:side, :side], scale=4, steps=1).image.shape == (4 * side, 4 * side, 3)
+            with pytest.raises(InvalidInputError, match=f"exceeds the limit of {limit} output pixels"):
+                client.upscale(big[: side + 8, : side + 8], scale=4, steps=0)
+            assert client.upscale(big[:64, :64], scale=4, steps=1).image.shape == (256, 256, 3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+        assert proc.returncode == 0, "".join(lines[-30:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in mentioning(str(tmp_path)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -63,6 +63,10 @@ TRANSIENT = re.compile(
 ENV_FILE = "HNDSR_ADMISSION_FILE"
 ENV_MAX_INFLIGHT = "HNDSR_MAX_INFLIGHT"
 ENV_MAX_RUNNING = "HNDSR_MAX_RUNNING"
+ENV_MAX_OUTPUT_PIXELS = "HNDSR_MAX_OUTPUT_PIXELS"
+"""Set by the launcher when /dev/shm is small (``hndsr.serving.server.shm_limits``)."""
+ENV_BLS_CHUNK = "HNDSR_BLS_CHUNK"
+"""Tiles per BLS stage call, set by the launcher when /dev/shm is small."""
 
 OVERLOADED = "server overloaded"
 DRAINING = "server is shutting down"

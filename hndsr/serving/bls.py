@@ -4,6 +4,12 @@ A stage whose stub died is reloaded by the launcher's watchdog (``hndsr.serving.
 that happens its BLS calls fail with "not healthy" / "no available versions". Such calls are
 retried (a stage call is a pure function of its inputs) until ``retry_s`` has passed or the
 request should stop (client gone, deadline), so a request in flight survives a stage crash.
+
+Tiles go to a stage in chunks of ``chunk`` (the core config's ``bls_chunk``): every Python-backend
+stub's shared-memory pool grows to the largest tensors it has carried and never shrinks, so a
+whole 16 MP batch in one call would grow each stage's pool and the core's by hundreds of MB, and
+a 64 MB /dev/shm (a container's default) is full after one large request. Chunked, a stage pool
+stays below a few MB whatever the image size.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ class StageError(RuntimeError):
 
 
 class BLSRunner:
-    """One BLS request per call, carrying the whole tile batch."""
+    """BLS requests of at most ``chunk`` tiles each."""
 
     def __init__(
         self,
@@ -33,8 +39,10 @@ class BLSRunner:
         should_stop: Callable[[], bool] = lambda: False,
         retry_s: float = 0.0,
         on_retry: Callable[[str], None] | None = None,
+        chunk: int = MAX_BATCH,
     ) -> None:
         self.device = device
+        self.chunk = max(1, min(chunk, MAX_BATCH))
         self.should_stop = should_stop
         self.retry_s = retry_s
         self.on_retry = on_retry
@@ -58,9 +66,14 @@ class BLSRunner:
                 raise Cancelled(f"stopped while waiting for stage {stage} to recover ({message})")
 
     def _infer(self, stage: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        parts = [
+            self._infer_chunk(stage, *(t[i : i + self.chunk] for t in tensors))
+            for i in range(0, tensors[0].shape[0], self.chunk)
+        ]
+        return [torch.cat(outs) if len(parts) > 1 else outs[0] for outs in zip(*parts)]
+
+    def _infer_chunk(self, stage: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
         spec = STAGE_SPECS[stage]
-        if tensors[0].shape[0] > MAX_BATCH:
-            raise StageError(f"{stage}: {tensors[0].shape[0]} tiles exceed the stage batch limit {MAX_BATCH}")
         inputs = [
             pb_utils.Tensor.from_dlpack(s.name, to_dlpack(t.contiguous().float())) for s, t in zip(spec.inputs, tensors)
         ]

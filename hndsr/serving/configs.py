@@ -15,6 +15,9 @@ from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS, TensorSpec
 from hndsr_client.interface import INPUTS, MAX_OUTPUT_PIXELS, OUTPUTS, STREAM_OUTPUTS, Tensor
 
 TRT_OPT_BATCH = 64
+CPU_CHUNK = 16
+"""Tiles per onnxruntime run in a CPU stage, and per BLS stage call from the CPU core: 16 x 208^2
+tiles keep a stage's shm pool near 5 MB."""
 """Batch size TensorRT optimises for (profile min 1, opt this, max ``MAX_BATCH`` tiles); the same
 profile is used by the ONNX Runtime TensorRT accelerator and ``export/build_trt_plans.sh``."""
 TRT_CACHE_DIR = "/tmp/hndsr_trt_cache"
@@ -70,7 +73,7 @@ def stage_config(stage: str, variant: str) -> str:
     # batching the tiles of concurrent requests.
     body += f"dynamic_batching {{ max_queue_delay_microseconds: {0 if variant == 'cpu' else 1000} }}\n"
     if variant == "cpu":
-        body += _parameters({"chunk": "16", "intra_op_threads": "0"})
+        body += _parameters({"chunk": str(CPU_CHUNK), "intra_op_threads": "0"})
     elif variant == "gpu":
         body += (
             "optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
@@ -146,5 +149,13 @@ def core_config(variant: str, sampling: Sampling) -> str:
         'name: "hndsr_core"\nbackend: "python"\nmax_batch_size: 0\n'
         + _io(inputs=(*INPUTS, CONTROL))
         + f"instance_group [ {{ count: {CORE_INSTANCES} kind: {kind} }} ]\n"
-        + _parameters({"stage_retry_s": f"{DEFAULT_STAGE_RETRY_S:g}", "sampling": sampling.to_json()})
+        + _parameters(
+            {
+                "stage_retry_s": f"{DEFAULT_STAGE_RETRY_S:g}",
+                "sampling": sampling.to_json(),
+                # Tiles per BLS stage call (hndsr/serving/bls.py): bounds the stubs' shm pools. The
+                # GPU layouts send the TensorRT profile's optimal batch.
+                "bls_chunk": str(CPU_CHUNK if variant == "cpu" else TRT_OPT_BATCH),
+            }
+        )
     )

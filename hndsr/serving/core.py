@@ -16,6 +16,7 @@ front tells a deadline from a cancellation) or INTERNAL: BLS would turn every er
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -24,10 +25,11 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from hndsr.inference.pipeline import Cancelled, InvalidRequest, Sampling, SRParams, super_resolve, validate
-from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, Admission, lower_priority
+from hndsr.serving.admission import DEFAULT_STAGE_RETRY_S, ENV_BLS_CHUNK, Admission, lower_priority
 from hndsr.serving.bls import BLSRunner
 from hndsr.serving.counters import counter_families
 from hndsr.serving.heap import HeapTrimmer
+from hndsr.serving.stages import MAX_BATCH
 from hndsr_client.interface import ENSEMBLE, ETA, SCALE, SEED, STEPS, Limits
 
 
@@ -57,6 +59,7 @@ class TritonPythonModel:
         lower_priority()
         self.stage_retry_s = float(params.get("stage_retry_s", DEFAULT_STAGE_RETRY_S))
         self.sampling = Sampling.from_json(params["sampling"])
+        self.bls_chunk = int(os.environ.get(ENV_BLS_CHUNK) or params.get("bls_chunk", MAX_BATCH))
         self.trimmer = HeapTrimmer()
         self._init_metrics()
 
@@ -131,7 +134,9 @@ class TritonPythonModel:
             def on_step(done: int, total: int) -> None:
                 self.admission.progress(ticket, done, total)
 
-        runner = BLSRunner(self.device, should_stop, self.stage_retry_s, lambda stage: self.m_retries.increment(1))
+        runner = BLSRunner(
+            self.device, should_stop, self.stage_retry_s, lambda stage: self.m_retries.increment(1), self.bls_chunk
+        )
         image = from_dlpack(tensor.to_dlpack()).to(self.device)
         result = super_resolve(image, params, runner, self.sampling, is_cancelled=should_stop, on_step=on_step)
         info = {**result.info, "model_version": control.get("model_version"), "precision": control.get("precision")}

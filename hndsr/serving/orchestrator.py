@@ -39,6 +39,7 @@ from hndsr.serving.admission import (
     DEFAULT_MAX_QUEUE_WAIT_S,
     DEFAULT_STAGE_RETRY_S,
     DRAINING,
+    ENV_MAX_OUTPUT_PIXELS,
     OVERLOADED,
     TIMEOUT,
     TRANSIENT,
@@ -60,6 +61,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.control = {k: params[k] for k in CONTROL_KEYS if k in params}
+        if limit := os.environ.get(ENV_MAX_OUTPUT_PIXELS):  # a small /dev/shm (the launcher says)
+            self.control["max_output_pixels"] = str(min(int(limit), int(self.control["max_output_pixels"])))
         # The inputs this model's config declares (generated from ``hndsr_client.interface``, which
         # this light stub does not import: its package pulls in the gRPC/HTTP client libraries).
         self.forwarded = tuple(tensor["name"] for tensor in config["input"])

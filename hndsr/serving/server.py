@@ -119,6 +119,37 @@ def server_command(opts: ServerOptions, backend_dir: Path | None) -> list[str]:
     return cmd + list(opts.extra_args)
 
 
+SMALL_SHM_BYTES = 2 << 30
+"""Below this much /dev/shm the launcher bounds requests by what the stubs' pools can hold."""
+SMALL_SHM_BLS_CHUNK = 2
+"""Tiles per BLS stage call then (a stage pool stays near 4 MiB)."""
+
+
+def shm_limits(total_bytes: int) -> tuple[int | None, int | None]:
+    """(max output pixels, BLS chunk) for a /dev/shm of ``total_bytes``; (None, None): no bound needed.
+
+    Every Python-backend stub has a pool that grows to the largest tensors it has carried and never
+    shrinks. Measured in a 64 MiB /dev/shm: each front's pool grows by about 3.1 bytes per output
+    pixel (image in, result out), the core's by as much plus ~3 MiB of chunked stage tensors,
+    each stage's to ~4 MiB, the rest stay at 1 MiB. The bound assumes every front and core
+    instance once carries the largest request, so the pools can never fill /dev/shm; a larger
+    request is refused with INVALID_ARG naming the limit instead of leaving a full /dev/shm behind
+    (on which no request at all succeeds any more).
+    """
+    if total_bytes >= SMALL_SHM_BYTES:
+        return None, None
+    mib = 1 << 20
+    stubs = 2 * admission.FRONT_INSTANCES + admission.CORE_INSTANCES + 4
+    reserve = stubs * mib + 4 * 4 * mib + admission.CORE_INSTANCES * 3 * mib
+    per_pixel = 3.2 * (2 * admission.FRONT_INSTANCES + admission.CORE_INSTANCES)
+    return max(0, int((total_bytes - reserve) / per_pixel)), SMALL_SHM_BLS_CHUNK
+
+
+def shm_size(path: str = "/dev/shm") -> int:
+    stat = os.statvfs(path)
+    return stat.f_blocks * stat.f_frsize
+
+
 def server_env(opts: ServerOptions | None = None) -> dict[str, str]:
     env = dict(os.environ)
     if opts is None or opts.tritonserver is None:  # the nvidia-pytriton bundle
@@ -133,6 +164,10 @@ def server_env(opts: ServerOptions | None = None) -> dict[str, str]:
         env[admission.ENV_FILE] = str(opts.admission_path())
         limits = {admission.ENV_MAX_INFLIGHT: opts.max_inflight, admission.ENV_MAX_RUNNING: opts.max_running}
         env.update({key: str(value) for key, value in limits.items() if value is not None})
+        max_pixels, chunk = shm_limits(shm_size())
+        if max_pixels is not None:
+            env[admission.ENV_MAX_OUTPUT_PIXELS] = str(max_pixels)
+            env[admission.ENV_BLS_CHUNK] = str(chunk)
     return env
 
 

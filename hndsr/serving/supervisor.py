@@ -44,6 +44,8 @@ from hndsr.serving.server import (
     ADMIN_HEADER,
     ServerOptions,
     remove_stale_regions,
+    shm_limits,
+    shm_size,
     start_server,
     stop_server,
     stub_maps_region,
@@ -163,6 +165,13 @@ class Supervisor:
             f"tritonserver ready in {time.monotonic() - t0:.1f}s (pid {self.proc.pid}, "
             f"{len(self.expected)} stubs watched, admission state {self.opts.admission_path()})"
         )
+        shm = shm_size()
+        max_pixels, chunk = shm_limits(shm)
+        if max_pixels is not None:
+            self.log(
+                f"small /dev/shm ({shm >> 20} MiB): requests limited to {max_pixels} output pixels, "
+                f"{chunk} tiles per stage call (give the container more, e.g. --shm-size=2g, to lift it)"
+            )
 
     def _snapshot(self, models: set[str] | None = None) -> None:
         stubs = stub_processes(self.proc.pid)
