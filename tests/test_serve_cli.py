@@ -19,48 +19,6 @@ from .conftest import ROOT, free_port, mentioning
 
 
 @pytest.mark.integration
-def test_serve_ready_then_sigterm(tmp_path):
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    cli = Path(sys.executable).parent / "hndsr"
-    proc = subprocess.Popen(
-        [str(cli), "serve", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "HNDSR_WORK_DIR": str(tmp_path)},
-    )
-    try:
-        deadline = time.monotonic() + 300
-        lines = []
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "is ready" in line or proc.poll() is not None:
-                break
-        assert "is ready" in lines[-1], "".join(lines)
-        assert f"127.0.0.1:{grpc}" in lines[-1]
-        with HNDSRClient(f"127.0.0.1:{grpc}") as client:
-            assert client.health()["model_ready"]
-        proc.send_signal(signal.SIGTERM)
-        # Usually 10 s. The launcher bounds it at about 50 s: two unload calls of at most 5 s, 30 s
-        # for tritonserver before SIGKILL (if its own exit hangs), 5 s for stale shm pools.
-        try:
-            out, _ = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("hndsr serve still running 120 s after SIGTERM:\n" + "".join(lines) + proc.communicate()[0])
-        assert proc.returncode == 0, out
-        assert "tritonserver stopped" in out
-        assert mentioning(str(tmp_path)) == {}  # no tritonserver or stub of this run left
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        for pid in mentioning(str(tmp_path)):  # a launcher killed above leaves its Triton behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-@pytest.mark.integration
 def test_serve_exits_nonzero_when_triton_fails_and_leaves_no_process(tmp_path):
     """A model repository Triton cannot load: ``hndsr serve`` exits with a failure status, and no
     tritonserver or stub of that repository is left running."""

@@ -1,6 +1,7 @@
 """No shared-memory leak under ``hndsr serve``: after a stub crash and heal, after ``kill -9`` of
 tritonserver under load (three times) and after SIGTERM at moments of start-up, /dev/shm holds only
-the Python-backend pools that live processes use, and the replica serves again."""
+the Python-backend pools that live processes use, and the replica serves again. The first test is
+also ``hndsr serve``'s life cycle: ready message, restarts, SIGTERM, exit status 0, nothing left."""
 
 from __future__ import annotations
 
@@ -101,6 +102,8 @@ def test_no_pool_left_after_heals_and_tritonserver_kills(tmp_path):
     serve = Serve(tmp_path)
     try:
         assert wait_until(lambda: serve.count("is ready") or serve.proc.poll() is not None, 300)
+        assert serve.count("is ready: HTTP 127.0.0.1:"), serve.lines
+        assert serve.count(f"gRPC 127.0.0.1:{serve.grpc}")
         load = Load(serve.grpc)
         try:
             assert wait_until(lambda: load.ok >= 2, 120)
@@ -121,8 +124,12 @@ def test_no_pool_left_after_heals_and_tritonserver_kills(tmp_path):
         finally:
             load.close()
         serve.proc.send_signal(signal.SIGTERM)
+        # Usually 10 s. The launcher bounds it at about 50 s: two unload calls of at most 5 s, 30 s
+        # for tritonserver before SIGKILL (if its own exit hangs), 5 s for stale shm pools.
         serve.proc.wait(120)
         assert serve.proc.returncode == 0, serve.lines
+        assert wait_until(lambda: serve.count("tritonserver stopped"), 10), serve.lines
+        assert mentioning(str(tmp_path)) == {}  # no tritonserver or stub of this run left
         assert not (pools() - before), "after the drain"
     finally:
         serve.kill_all()

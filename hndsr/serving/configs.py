@@ -11,7 +11,7 @@ from hndsr.serving.admission import (
     DEFAULT_STAGE_RETRY_S,
     FRONT_INSTANCES,
 )
-from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS, TensorSpec
+from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS
 from hndsr_client.interface import INPUTS, MAX_OUTPUT_PIXELS, OUTPUTS, STREAM_OUTPUTS, Tensor
 
 TRT_OPT_BATCH = 64
@@ -41,8 +41,8 @@ def _warmup(stage: str) -> str:
     return f'model_warmup [ {{\n  name: "batch1_zero"\n  batch_size: 1\n{inputs}}} ]\n'
 
 
-def _tensors(kind: str, specs: tuple[TensorSpec, ...]) -> str:
-    rows = [f'  {{ name: "{s.name}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, s.dims))} ] }}' for s in specs]
+def _tensors(kind: str, specs: tuple[Tensor, ...]) -> str:
+    rows = [f"  {s.config_entry()}" for s in specs]
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
 
@@ -96,7 +96,7 @@ def stage_config(stage: str, variant: str) -> str:
     return body
 
 
-CONTROL = Tensor("CONTROL", "BYTES", (1,), "[1]", "hndsr_core only: JSON from the front (ticket, sampling constants)")
+CONTROL = Tensor("CONTROL", "BYTES", (1,), "[1]", "hndsr_core only: JSON from the front (admission ticket, limits)")
 
 
 def _io(inputs: tuple[Tensor, ...] = INPUTS, outputs: tuple[Tensor, ...] = OUTPUTS) -> str:

@@ -10,23 +10,22 @@ from torch import nn
 
 from hndsr.config import CONTEXT_CHANNELS, LATENT_CHANNELS, LATENT_TILE, TILE
 from hndsr.models.hndsr import HNDSR
+from hndsr_client.interface import Tensor
 
 MAX_BATCH = 512
-"""Largest tile batch a stage accepts; one request carries every tile of an image."""
+"""Largest tile batch a stage accepts (the core sends its tiles in chunks: ``bls_chunk``)."""
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dims: tuple[int, ...]
-    """Per-item dims (the batch dimension is implicit)."""
+def stage_tensor(name: str, dims: tuple[int, ...]) -> Tensor:
+    """An FP32 stage tensor; ``dims`` per tile (the batch dimension is implicit)."""
+    return Tensor(name, "FP32", dims, f"[N, {', '.join(map(str, dims))}]", "one row per tile")
 
 
 @dataclass(frozen=True)
 class StageSpec:
     name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
 
 
 _IMG = (3, TILE, TILE)
@@ -34,23 +33,23 @@ _LAT = (LATENT_CHANNELS, LATENT_TILE, LATENT_TILE)
 _CTX = (CONTEXT_CHANNELS, LATENT_TILE, LATENT_TILE)
 
 STAGE_SPECS: dict[str, StageSpec] = {
-    "encoder": StageSpec("encoder", (TensorSpec("IMAGE", _IMG),), (TensorSpec("LATENT", _LAT),)),
+    "encoder": StageSpec("encoder", (stage_tensor("IMAGE", _IMG),), (stage_tensor("LATENT", _LAT),)),
     "prior": StageSpec(
         "prior",
-        (TensorSpec("LATENT", _LAT), TensorSpec("SCALE", (1,))),
-        (TensorSpec("PRIOR", _LAT), TensorSpec("CONTEXT", _CTX)),
+        (stage_tensor("LATENT", _LAT), stage_tensor("SCALE", (1,))),
+        (stage_tensor("PRIOR", _LAT), stage_tensor("CONTEXT", _CTX)),
     ),
     "unet": StageSpec(
         "unet",
         (
-            TensorSpec("LATENT", _LAT),
-            TensorSpec("TIMESTEP", (1,)),
-            TensorSpec("PRIOR", _LAT),
-            TensorSpec("CONTEXT", _CTX),
+            stage_tensor("LATENT", _LAT),
+            stage_tensor("TIMESTEP", (1,)),
+            stage_tensor("PRIOR", _LAT),
+            stage_tensor("CONTEXT", _CTX),
         ),
-        (TensorSpec("VELOCITY", _LAT),),
+        (stage_tensor("VELOCITY", _LAT),),
     ),
-    "decoder": StageSpec("decoder", (TensorSpec("LATENT", _LAT),), (TensorSpec("IMAGE", _IMG),)),
+    "decoder": StageSpec("decoder", (stage_tensor("LATENT", _LAT),), (stage_tensor("IMAGE", _IMG),)),
 }
 
 
