@@ -198,6 +198,25 @@ def bench_span(
         typer.echo(speed_vs_span(data, url, scale, tuple(_int_list(steps)), repeats, limit))
 
 
+@app.command("eval-table")
+def eval_table(
+    results: list[str] = typer.Argument(
+        ..., help="NAME=DIR pairs: DIR holds x2/, x4/, x8/ results of `hndsr eval` (e.g. TEAK=docs/eval)"
+    ),
+) -> None:
+    """Print the README's quality tables from `hndsr eval` results (results.json of each scale)."""
+    from hndsr.evaluation.evaluate import summary_tables
+
+    found: dict[str, dict[int, dict]] = {}
+    for pair in results:
+        name, _, folder = pair.partition("=")
+        for scale in (2, 4, 8):
+            path = Path(folder) / f"x{scale}" / "results.json"
+            if path.exists():
+                found.setdefault(name, {})[scale] = json.loads(path.read_text())
+    typer.echo(summary_tables(found))
+
+
 @app.command("bench-gpu")
 def bench_gpu(
     weights: Path = typer.Option(WEIGHTS, help="model weights (safetensors)"),

@@ -45,3 +45,21 @@ def test_evaluate_writes_table_and_grid(model, tmp_path):
     assert "| bicubic |" in table and "NIQE" in table and "| HR itself |" in table
     # 4 method columns + LR + HR; 2 scored rows + 1 extra row of 128 px crops zoomed 2x (+ labels).
     assert Image.open(tmp_path / "grid.png").size == (6 * 256, 3 * (256 + 18))
+
+
+def test_summary_tables_prefer_the_served_rows_and_mark_missing_ones():
+    from hndsr.evaluation.evaluate import summary_tables
+
+    def result(scale: int, psnr: float) -> dict:
+        row = {"psnr_y": psnr, "ssim_y": 0.7, "haarpsi": 0.7, "niqe": 5.0, "detail": 0.3, "grain_per_detail": 1.1,
+               "periodic_ratio": 6.0}  # fmt: skip
+        summary = {"bicubic": {**row, "psnr_y": psnr - 1}, "HNDSR steps=0 (PyTorch)": {**row, "psnr_y": psnr - 0.5},
+                   "HNDSR steps=0 (Triton)": row}  # fmt: skip
+        return {"scale": scale, "summary": summary, "hr_periodic_ratio": 5.0}
+
+    text = summary_tables({"A": {2: result(2, 30.0), 4: result(4, 26.0)}, "B": {4: result(4, 34.0)}})
+    lines = text.splitlines()
+    assert lines[0] == "| PSNR-Y (dB) | A 2× | A 4× | B 2× | B 4× |"
+    assert "| HNDSR steps 0 | 30.00 | 26.00 | – | 34.00 |" in lines  # the Triton row, not PyTorch's
+    assert "| SPAN | – | – | – | – |" in lines
+    assert any(line.startswith("| HR | – / – / – / 1.00 / 1.00 / 5.0") for line in lines)

@@ -240,3 +240,50 @@ def markdown_table(result: dict) -> str:
         lines += ["", "Triton vs PyTorch, max abs pixel difference on the first images:"]
         lines += [f"- {k}: {v:.0f}" for k, v in result["max_abs_pixel_diff_triton_vs_pytorch"].items()]
     return "\n".join(lines) + "\n"
+
+
+SUMMARY_ROWS = (("bicubic", "bicubic"), ("SPAN", "SPAN x{scale} ch48"), ("HNDSR steps 0", "HNDSR steps=0"),
+                ("HNDSR steps 1 (default)", "HNDSR steps=1"))  # fmt: skip
+
+
+def _row(result: dict, pattern: str) -> dict | None:
+    """A method's scores, preferring the Triton row of an HNDSR method (what is served)."""
+    name = pattern.format(scale=result["scale"])
+    summary = result["summary"]
+    for key in (f"{name} (Triton)", f"{name} (PyTorch)", name):
+        if key in summary:
+            return summary[key]
+    return None
+
+
+def summary_tables(results: dict[str, dict[int, dict]]) -> str:
+    """README tables from ``hndsr eval`` results: ``results[set name][scale]`` = a results.json.
+
+    PSNR-Y at every scale and set, then the 4x quality and texture columns per set."""
+    sets = list(results)
+    scales = sorted({scale for by_scale in results.values() for scale in by_scale})
+    head = [f"{name} {scale}×" for name in sets for scale in scales]
+    lines = ["| PSNR-Y (dB) | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for label, pattern in SUMMARY_ROWS:
+        cells = []
+        for name in sets:
+            for scale in scales:
+                row = _row(results[name][scale], pattern) if scale in results[name] else None
+                cells.append(f"{row['psnr_y']:.2f}" if row else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    columns = " | ".join(f"{n}: SSIM-Y / HaarPSI / NIQE / detail / grain/detail / periodic" for n in sets)
+    lines += ["", f"| 4× | {columns} |", "|---" * (len(sets) + 1) + "|"]
+    hr = " | ".join(f"– / – / – / 1.00 / 1.00 / {results[n][4]['hr_periodic_ratio']:.1f}" for n in sets)
+    lines.append(f"| HR | {hr} |")
+    for label, pattern in SUMMARY_ROWS:
+        cells = []
+        for name in sets:
+            row = _row(results[name][4], pattern) if 4 in results[name] else None
+            cells.append(
+                f"{row['ssim_y']:.3f} / {row['haarpsi']:.3f} / {row['niqe']:.2f} / {row['detail']:.2f} / "
+                f"{row['grain_per_detail']:.2f} / {row['periodic_ratio']:.1f}"
+                if row and "detail" in row
+                else "–"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
