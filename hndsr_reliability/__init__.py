@@ -37,7 +37,7 @@ import typer
 
 from hndsr.serving.admission import Admission
 from hndsr.serving.server import Stub, free_port, stub_processes
-from hndsr_client.interface import INPUTS, request_arrays
+from hndsr_client.interface import DEFAULT_STEPS, INPUTS, request_arrays
 from hndsr_client.triton_client import (
     RETRY_BACKOFF_S,
     HNDSRClient,
@@ -617,6 +617,110 @@ def soak(served: Served, profile: Profile, report: Report, seed: int = 0, kinds:
     }
 
 
+# -- long soak -------------------------------------------------------------------------------------
+
+
+def _long_soak_plan(n: int, seed: int) -> list[dict]:
+    """Mixed requests up to ~2 MP of output: steps 0 and the default, gRPC and HTTP."""
+    rng = random.Random(seed)
+    plan = []
+    for _ in range(n):
+        scale = rng.choice([2.0, 3.0, 4.0])
+        big = rng.random() < 0.05
+        side = rng.randrange(200, int(1414 / scale)) if big else rng.randrange(16, 129)
+        shape = (side, rng.randrange(max(16, side // 2), side + 1))
+        steps = rng.choice([0, DEFAULT_STEPS])
+        via = rng.choice(["grpc", "http"])
+        plan.append(
+            {
+                "kind": "valid",
+                "shape": shape,
+                "scale": scale,
+                "steps": steps,
+                "seed": rng.randrange(1 << 30),
+                "via": via,
+            }
+        )
+    return plan
+
+
+def long_soak(served: Served, profile: Profile, report: Report, requests: int, crashes: tuple[str, ...]) -> None:
+    """``requests`` mixed requests from 4 clients; the stage stubs in ``crashes`` are killed at even
+    intervals in the middle. Server memory (private + shm pools) at start, middle and end,
+    /dev/shm pools, and the outcomes by kind."""
+    plan = _long_soak_plan(requests, 7)
+    warm = _long_soak_plan(100, 8)
+    results: list[tuple[str, str, str | None]] = []
+    lock = threading.Lock()
+    queue = list(warm)
+    memory: dict[str, dict] = {}
+    crash_at = {requests * (i + 1) // (len(crashes) + 1): stage for i, stage in enumerate(crashes)}
+    done = 0
+
+    def loop() -> None:
+        nonlocal done
+        worker = SoakWorker(served, profile)
+        try:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    spec = queue.pop(0)
+                result = worker.do(spec)
+                with lock:
+                    results.append(result)
+                    done += 1
+                    stage = crash_at.pop(done, None)
+                    middle = done == requests // 2 and "middle" not in memory
+                if stage:
+                    (victim,) = [s for s in served.stubs().values() if s.model == stage][:1]
+                    os.kill(victim.pid, signal.SIGKILL)
+                if middle:
+                    memory["middle"] = served.memory()
+        finally:
+            worker.close()
+
+    def run() -> None:
+        threads = [threading.Thread(target=loop) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    run()
+    served.wait_idle()
+    results.clear()
+    done = 0
+    memory["start"] = served.memory()
+    queue.extend(plan)
+    t0 = time.monotonic()
+    run()
+    elapsed = time.monotonic() - t0
+    served.wait_idle()
+    memory["end"] = served.memory()
+    outcomes = Counter(o for _, o, _ in results)
+    errors = Counter((o, (m or "")[:60]) for _, o, m in results if o != "ok")
+    mib = {k: f"{v['total_kb'] / 1024:.0f}" for k, v in memory.items()}
+    shm = {k: f"{v['shm_kb'] / 1024:.0f} MiB in {len(v['regions'])} pools" for k, v in memory.items()}
+    growth = (memory["end"]["total_kb"] - memory["start"]["total_kb"]) / memory["start"]["total_kb"] * 100
+    injected = ", ".join(crashes) or "none"
+    what = "requests (4 clients, steps 0/default, gRPC/HTTP, outputs up to 2 MP)"
+    report.add("long soak", what, f"{len(results)} in {elapsed:.0f} s; stage crashes injected: {injected}")
+    report.add("long soak", "outcomes", ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    report.add(
+        "long soak", "errors by kind", "; ".join(f"{o} x{n}: {m}" for (o, m), n in errors.most_common(5)) or "none"
+    )
+    report.add(
+        "long soak",
+        "server memory (private + shm pools) start / middle / end",
+        f"{mib.get('start')} / {mib.get('middle', '–')} / {mib.get('end')} MiB ({growth:+.1f}%)",
+        "< 5%",
+        growth < 5,
+    )
+    report.add("long soak", "/dev/shm pools mapped by the server start / end", f"{shm['start']} / {shm['end']}")
+    report.details["long_soak"] = {"outcomes": dict(outcomes), "errors": [list(k) + [n] for k, n in errors.items()]}
+
+
 # -- overload and deadline -------------------------------------------------------------------------
 
 
@@ -940,7 +1044,13 @@ def drain(served: Served, profile: Profile, report: Report) -> None:
 # -- driver ----------------------------------------------------------------------------------------
 
 
-def run_suite(profile: Profile, work: Path | None = None, echo: Callable[[str], None] = print) -> Report:
+def run_suite(
+    profile: Profile,
+    work: Path | None = None,
+    echo: Callable[[str], None] = print,
+    long_soak_requests: int = 0,
+) -> Report:
+    """Every scenario against one fresh ``hndsr serve``; with ``long_soak_requests``, only the long soak."""
     report = Report()
     tmp = None
     if work is None:
@@ -951,6 +1061,9 @@ def run_suite(profile: Profile, work: Path | None = None, echo: Callable[[str], 
     try:
         startup = served.wait_ready()
         echo(f"hndsr serve ready in {startup:.0f}s (log: {served.log_path})")
+        if long_soak_requests:
+            long_soak(served, profile, report, long_soak_requests, ("unet", "encoder"))
+            return report
         scenarios = (("soak", soak), ("overload", overload), ("deadline", deadline), ("crash", crash))
         for name, scenario in (*scenarios, ("front crash", front_crash)):
             t = time.monotonic()
@@ -977,12 +1090,15 @@ def reliability(
     soak: int | None = typer.Option(None, help="soak requests after the warm-up (default 300, quick 36)"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the table and details as JSON"),
     work: Path | None = typer.Option(None, help="work directory (default: a temporary one)"),
+    long_soak_requests: int = typer.Option(
+        0, "--long-soak", help="instead of the suite: this many mixed requests (up to 2 MP) with 2 stage crashes"
+    ),
 ) -> None:
     """Run every scenario against a fresh hndsr serve and print the table; exit status 1 if a target is missed."""
     profile = QUICK if quick else FULL
     if soak:
         profile.soak_requests = soak
-    report = run_suite(profile, work)
+    report = run_suite(profile, work, long_soak_requests=long_soak_requests)
     print(f"\nHNDSR reliability ({profile.name}, {report.details['wall_s']:.0f}s)\n")
     print(report.markdown())
     if json_out:
