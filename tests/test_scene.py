@@ -16,13 +16,13 @@ from affine import Affine
 from rasterio.enums import Resampling
 from typer.testing import CliRunner
 
-from hndsr.config import LATENT_FACTOR, MAX_OUTPUT_PIXELS
+from hndsr.config import LATENT_FACTOR, MAX_OUTPUT_PIXELS, TILE, TILE_OVERLAP
 from hndsr_client import HNDSRClient, ServerUnavailableError
 from hndsr_client.cli import cli
 from hndsr_client.georaster import Stretch, scaled_transform
 from hndsr_client.image_io import read_rgb
 from hndsr_client.scene import SceneOptions, parts_dir, upscale_scene
-from hndsr_client.scene_plan import SERVER_TILE_STRIDE, SceneError, SceneParamError, axis_weights, plan_chunks
+from hndsr_client.scene_plan import SceneError, SceneParamError, Tiling, axis_weights, plan_chunks
 from hndsr_client.scene_store import ChunkStore
 
 from .conftest import ROOT, free_port
@@ -77,6 +77,10 @@ class Counting:
         return Wrapped()
 
 
+TILING = Tiling(TILE, TILE_OVERLAP, LATENT_FACTOR)
+"""The served tiling (``hndsr.config``), for the plans made without a server."""
+
+
 # ------------------------------------------------------------------------------------------- no server
 
 
@@ -85,7 +89,7 @@ class Counting:
     [(96, 128, 4.0, 48), (1001, 999, 2.5, None), (5000, 300, 8.0, None), (50, 8, 3.0, 40), (700, 700, 6.4, 100)],
 )
 def test_chunk_plan_covers_scene_under_limit_on_latent_grid(height, width, scale, chunk):
-    plan = plan_chunks(height, width, scale, chunk)
+    plan = plan_chunks(height, width, scale, TILING, chunk)
     assert (plan.out_height, plan.out_width) == (round(scale * height), round(scale * width))
     for axis, length in ((plan.rows, height), (plan.cols, width)):
         assert axis.starts[0] == 0 and axis.starts[-1] + axis.sizes[-1] == length
@@ -93,7 +97,7 @@ def test_chunk_plan_covers_scene_under_limit_on_latent_grid(height, width, scale
             assert axis.starts[i - 1] + axis.sizes[i - 1] - axis.starts[i] >= plan.overlap  # overlap kept
         assert all(o % LATENT_FACTOR == 0 for o in axis.out_starts)  # chunks on the whole image's latent grid
         if chunk is None and scale != 2.5:  # and on its server-tile grid (but the pinned last chunk)
-            assert all(o % SERVER_TILE_STRIDE == 0 for o in axis.out_starts[:-1])
+            assert all(o % TILING.stride == 0 for o in axis.out_starts[:-1])
     for c in plan.chunks:
         assert c.out_window.height == round(scale * c.window.height)
         assert c.out_window.height * c.out_window.width <= MAX_OUTPUT_PIXELS
@@ -146,7 +150,9 @@ def test_settings_errors_name_the_field_and_limit(tmp_path):
     ]
     for settings, message in cases:
         with pytest.raises(SceneParamError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            upscale_scene(src, tmp_path / "out.tif", ["127.0.0.1:1"], SceneOptions(**{**FAST, **settings}))
+            upscale_scene(
+                src, tmp_path / "out.tif", ["127.0.0.1:1"], SceneOptions(**{**FAST, **settings}), tiling=TILING
+            )
     assert not parts_dir(tmp_path / "out.tif").exists()  # refused before any work
     result = CliRunner().invoke(cli, ["upscale-scene", str(src), str(tmp_path / "o.tif"), "--scale", "1.5"])
     assert result.exit_code == 1 and "scale must be in [2, 8], got 1.5" in result.output
@@ -371,3 +377,11 @@ def test_cli_folder_form_grey_and_given_range(triton, tmp_path):
         assert "[900, 10335]" in rgb.tags()["HNDSR_STRETCH"]
         values = rgb.read()
     assert values[values != NODATA].min() >= 900 and values.max() <= 10335
+
+
+@pytest.mark.integration
+def test_the_server_serves_its_tiling_over_grpc_and_http(triton):
+    """Scene mode aligns chunks to the server's canvas tiling, which the server owns and serves."""
+    for url, protocol in ((triton["grpc"], "grpc"), (triton["http"], "http")):
+        with HNDSRClient(url, protocol) as client:
+            assert client.tiling() == {"tile": TILE, "overlap": TILE_OVERLAP, "latent_factor": LATENT_FACTOR}

@@ -21,15 +21,10 @@ DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 MIN_INPUT_SIDE = 8
 MAX_OUTPUT_PIXELS = 16_000_000
 """Largest SR output (round(s*H) * round(s*W)) the server accepts in one request."""
+TILING_PARAMETERS = ("tile", "tile_overlap", "latent_factor")
+"""The server's canvas tiling, served as parameters of the ``hndsr`` model's config (the server
+owns it: ``hndsr.config``); scene mode aligns its chunks to it (``HNDSRClient.tiling``)."""
 
-LATENT_FACTOR = 4
-"""HR pixels per latent cell along each axis: the server pads its canvas to this grid."""
-TILE = 208
-"""HR tile edge of the server's canvas tiling (fixed shape of the exported stage models). 208 = 192 + 16:
-a 400x400 output (a 100x100 LR tile at 4x) needs 2x2 tiles with 8% overlap work."""
-TILE_OVERLAP = 16
-"""HR pixels shared by neighbouring canvas tiles, blended with a Hann ramp. Scene mode aligns its
-chunks to this tiling, so chunk interiors come out as if the image had been sent whole."""
 
 _NUMPY = {"UINT8": np.uint8, "FP32": np.float32, "INT32": np.int32, "INT64": np.int64, "BYTES": np.object_}
 

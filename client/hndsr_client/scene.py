@@ -56,6 +56,7 @@ from hndsr_client.scene_plan import (
     ChunkPlan,
     SceneError,
     SceneParamError,
+    Tiling,
     alignment,
     plan_chunks,
 )
@@ -184,7 +185,6 @@ class SceneOptions:
         """Settings checks that need no input (errors name the field and the limit)."""
         if not (math.isfinite(self.scale) and limits.scale_min <= self.scale <= limits.scale_max):
             raise SceneParamError(f"scale must be in [{limits.scale_min:g}, {limits.scale_max:g}], got {self.scale:g}")
-        alignment(self.scale)
         if not 0 <= self.steps <= limits.steps_max:
             raise SceneParamError(f"steps must be in [0, {limits.steps_max}], got {self.steps}")
         if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
@@ -235,6 +235,18 @@ def parts_dir(dst: Path) -> Path:
     return dst.with_name(dst.name + ".parts")
 
 
+def server_tiling(urls: list[str], options: SceneOptions) -> Tiling:
+    """The canvas tiling of the first server that answers (every replica serves the same model)."""
+    errors = []
+    for url in urls:
+        try:
+            with HNDSRClient(url, options.protocol, timeout_s=30) as client:
+                return Tiling(**client.tiling())
+        except HNDSRError as exc:
+            errors.append(f"{url}: {exc}")
+    raise SceneError("no server told its tiling: " + "; ".join(errors))
+
+
 def _default_factory(options: SceneOptions) -> Callable[[str], Upscaler]:
     return lambda url: HNDSRClient(url, options.protocol, options.timeout_s)
 
@@ -252,6 +264,7 @@ def _run_meta(src: SceneSource, plan: ChunkPlan, options: SceneOptions, stretch:
         "ensemble": options.ensemble,
         "chunk": plan.chunk,
         "overlap": plan.overlap,
+        "tiling": asdict(plan.tiling),
         "stretch": asdict(stretch) if stretch else None,
     }
 
@@ -262,10 +275,12 @@ def upscale_scene(
     urls: list[str],
     options: SceneOptions | None = None,
     client_factory: Callable[[str], Upscaler] | None = None,
+    tiling: Tiling | None = None,
 ) -> SceneReport:
-    """Super-resolve the raster ``src_path`` into the Cloud-Optimized GeoTIFF ``dst_path``."""
+    """Super-resolve the raster ``src_path`` into the Cloud-Optimized GeoTIFF ``dst_path``. ``tiling``:
+    the servers' canvas tiling (default: asked from the first server that answers)."""
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # GDAL's block cache: 5 % of RAM by default
-        return _upscale_scene(Path(src_path), Path(dst_path), urls, options or SceneOptions(), client_factory)
+        return _upscale_scene(Path(src_path), Path(dst_path), urls, options or SceneOptions(), client_factory, tiling)
 
 
 def _upscale_scene(
@@ -274,6 +289,7 @@ def _upscale_scene(
     urls: list[str],
     options: SceneOptions,
     client_factory: Callable[[str], Upscaler] | None,
+    tiling: Tiling | None,
 ) -> SceneReport:
     start = time.perf_counter()
     if not urls:
@@ -282,7 +298,8 @@ def _upscale_scene(
         raise SceneParamError(f"output must end in .tif or .tiff, got {dst_path.name!r}")
     options.check()
     src = SceneSource.open(src_path)
-    plan = plan_chunks(src.height, src.width, options.scale, options.chunk, options.overlap)
+    tiling = tiling or server_tiling(urls, options)
+    plan = plan_chunks(src.height, src.width, options.scale, tiling, options.chunk, options.overlap)
     stretch = src.stretch(options.value_range)
     log = (lambda msg: None) if options.quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
     if stretch is not None:
@@ -469,7 +486,7 @@ def _assemble(
     out_h, out_w = plan.out_height, plan.out_width
     assembled = store.root / "assembled.tif"
     extra = src.extra_indexes
-    margin = 4 * alignment(plan.scale)
+    margin = 4 * alignment(plan.scale, plan.tiling.latent_factor)
     with (
         rasterio.open(src.path) as ds,
         rasterio.open(assembled, "w", **output_profile(src, out_h, out_w, plan.scale)) as out,
@@ -559,6 +576,7 @@ def upscale_folder(
     options: SceneOptions | None = None,
     client_factory: Callable[[str], Upscaler] | None = None,
     on_done: Callable[[SceneReport], None] | None = None,
+    tiling: Tiling | None = None,
 ) -> list[SceneReport]:
     """Every .tif/.tiff of ``src_dir`` into ``dst_dir`` under the same name; outputs that already exist
     (and have no unfinished ``.parts``) are skipped unless ``options.fresh``."""
@@ -570,16 +588,17 @@ def upscale_folder(
         raise SceneInputError(f"{src_dir}: no .tif/.tiff files")
     if src_dir.resolve() == dst_dir.resolve():
         raise SceneParamError("OUT_DIR must differ from IN_DIR (outputs keep the input names)")
+    tiling = tiling or server_tiling(urls, options)
     for path in files:  # every file readable and plannable before any heavy work
         src = SceneSource.open(path)
-        plan_chunks(src.height, src.width, options.scale, options.chunk, options.overlap)
+        plan_chunks(src.height, src.width, options.scale, tiling, options.chunk, options.overlap)
     dst_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for path in files:
         dst = dst_dir / path.name
         if dst.exists() and not parts_dir(dst).exists() and not options.fresh:
             continue
-        report = upscale_scene(path, dst, urls, options, client_factory)
+        report = upscale_scene(path, dst, urls, options, client_factory, tiling)
         reports.append(report)
         if on_done:
             on_done(report)

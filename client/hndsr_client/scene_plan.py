@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rasterio.windows import Window
 
-from hndsr_client.interface import LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
+from hndsr_client.interface import Limits
 
 DEFAULT_CHUNK = 512
 """LR pixels per chunk side, at most (trimmed so that the chunk stride is a whole number of server
@@ -21,9 +21,22 @@ DEFAULT_OVERLAP = 16
 """LR pixels shared by neighbouring chunks: covers the server's own edge effects (bicubic support,
 edge replication, the FNO's tile context) with room for the blend ramp."""
 MAX_ALIGN = 256
-SERVER_TILE_STRIDE = TILE - TILE_OVERLAP
-"""HR pixels between the server's own tiles: chunk strides that are multiples of it put each chunk's
-tiles where the whole image's are, so chunk interiors come out as if the image had been sent whole."""
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The server's canvas tiling (``HNDSRClient.tiling`` reads it from the model config)."""
+
+    tile: int
+    overlap: int
+    latent_factor: int
+
+    @property
+    def stride(self) -> int:
+        """HR pixels between the server's own tiles: chunk strides that are multiples of it put each
+        chunk's tiles where the whole image's are, so chunk interiors come out as if the image had
+        been sent whole."""
+        return self.tile - self.overlap
 
 
 class SceneError(RuntimeError):
@@ -43,9 +56,9 @@ def _step(scale: float, unit: int) -> int | None:
     return None
 
 
-def alignment(scale: float) -> int:
-    """Smallest LR step q such that scale * q is a whole number of latent cells (4 HR px)."""
-    q = _step(scale, LATENT_FACTOR)
+def alignment(scale: float, latent_factor: int) -> int:
+    """Smallest LR step q such that scale * q is a whole number of latent cells."""
+    q = _step(scale, latent_factor)
     if q is not None:
         return q
     raise SceneParamError(
@@ -125,6 +138,7 @@ class ChunkPlan:
     overlap: int
     rows: Axis
     cols: Axis
+    tiling: Tiling
     _weights: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -172,6 +186,7 @@ def plan_chunks(
     height: int,
     width: int,
     scale: float,
+    tiling: Tiling,
     chunk: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     limits: Limits = Limits(),
@@ -183,7 +198,7 @@ def plan_chunks(
         raise SceneParamError(f"input sides must be >= {limits.min_input_side} pixels, got {height}x{width}")
     if overlap < 0:
         raise SceneParamError(f"overlap must be >= 0, got {overlap}")
-    align = alignment(scale)
+    align = alignment(scale, tiling.latent_factor)
     overlap = -(-overlap // align) * align  # chunk starts move in steps of align LR px
     largest = max_chunk(scale, align, limits)
     if chunk is None:
@@ -197,9 +212,9 @@ def plan_chunks(
     smallest = max(limits.min_input_side, 2 * overlap + align)
     if chunk < smallest:
         raise SceneParamError(f"chunk must be >= {smallest} LR px (2 x overlap + {align}) at scale {scale:g}")
-    tile_step = _step(scale, SERVER_TILE_STRIDE)
+    tile_step = _step(scale, tiling.stride)
     if tile_step and chunk - overlap >= tile_step:  # stride a whole number of server tiles
         chunk = (chunk - overlap) // tile_step * tile_step + overlap
     rows = plan_axis(height, chunk, overlap, scale, align, limits.min_input_side)
     cols = plan_axis(width, chunk, overlap, scale, align, limits.min_input_side)
-    return ChunkPlan(height, width, scale, chunk, overlap, rows, cols)
+    return ChunkPlan(height, width, scale, chunk, overlap, rows, cols, tiling)

@@ -14,7 +14,15 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from hndsr_client.interface import DEFAULT_SCALE, DEFAULT_STEPS, INPUTS, MODEL, STREAM_MODEL, request_arrays
+from hndsr_client.interface import (
+    DEFAULT_SCALE,
+    DEFAULT_STEPS,
+    INPUTS,
+    MODEL,
+    STREAM_MODEL,
+    TILING_PARAMETERS,
+    request_arrays,
+)
 
 GRPC_MAX_MESSAGE = 2**31 - 1
 """gRPC's 4 MB default is far below a 16 MP RGB result (48 MB); allow up to 2 GiB."""
@@ -154,6 +162,19 @@ class HNDSRClient:
 
             meta, config = MessageToDict(meta), MessageToDict(config)
         return {"metadata": meta, "config": config}
+
+    def tiling(self) -> dict[str, int]:
+        """The server's canvas tiling: ``tile``, ``overlap`` and ``latent_factor`` in HR pixels (from
+        the ``hndsr`` model config's parameters, ``interface.TILING_PARAMETERS``)."""
+        config = self.metadata()["config"]
+        params = config.get("config", config).get("parameters", {})  # gRPC wraps it in "config"
+        try:
+            # gRPC's JSON form spells the field stringValue, HTTP's string_value.
+            values = [params[name] for name in TILING_PARAMETERS]
+            tile, overlap, factor = (int(v.get("string_value", v.get("stringValue"))) for v in values)
+        except KeyError as exc:
+            raise HNDSRError(f"the server's hndsr model config has no {exc.args[0]} parameter") from None
+        return {"tile": tile, "overlap": overlap, "latent_factor": factor}
 
     def _input(self, name: str, array: np.ndarray, datatype: str):
         tensor = self._mod.InferInput(name, list(array.shape), datatype)

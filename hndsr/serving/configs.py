@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hndsr.config import LATENT_FACTOR, TILE, TILE_OVERLAP
 from hndsr.inference.pipeline import Sampling
 from hndsr.serving.admission import (
     CORE_INSTANCES,
@@ -127,6 +128,9 @@ def orchestrator_config(variant: str, model_version: str, stream: bool = False) 
         + _parameters(
             {
                 "max_output_pixels": str(MAX_OUTPUT_PIXELS),
+                "tile": str(TILE),
+                "tile_overlap": str(TILE_OVERLAP),
+                "latent_factor": str(LATENT_FACTOR),
                 "model_version": model_version,
                 "precision": precision,
                 "max_inflight": str(DEFAULT_MAX_INFLIGHT),
