@@ -37,7 +37,8 @@ import typer
 
 from hndsr.serving.admission import Admission
 from hndsr.serving.server import Stub, free_port, stub_processes
-from hndsr_client.interface import DEFAULT_STEPS, INPUTS, request_arrays
+from hndsr_client.arrays import request_arrays
+from hndsr_client.interface import DEFAULT_STEPS, INPUTS
 from hndsr_client.triton_client import (
     RETRY_BACKOFF_S,
     HNDSRClient,

@@ -7,6 +7,7 @@ import pytest
 
 from hndsr.inference.pipeline import InvalidRequest, SRParams, validate
 from hndsr.serving.configs import core_config, orchestrator_config
+from hndsr_client.arrays import numpy_dtype, request_arrays
 from hndsr_client.interface import (
     DEFAULT_STEPS,
     INPUTS,
@@ -14,7 +15,6 @@ from hndsr_client.interface import (
     STREAM_OUTPUTS,
     Limits,
     markdown_table,
-    request_arrays,
 )
 
 from .conftest import ROOT
@@ -46,7 +46,7 @@ def test_request_arrays_follow_the_declared_types():
     arrays = request_arrays(np.zeros((8, 8, 3), np.uint8), 4, 2, 7, 0, ensemble=4)
     assert list(arrays) == [t.name for t in INPUTS]
     for t in INPUTS:
-        assert arrays[t.name].dtype == t.numpy_dtype
+        assert arrays[t.name].dtype == numpy_dtype(t)
     assert arrays["SEED"].tolist() == [7] and arrays["SCALE"].dtype == np.float32
     assert arrays["ENSEMBLE"].tolist() == [4] and arrays["ENSEMBLE"].dtype == np.int32
 

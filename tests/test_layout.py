@@ -119,3 +119,18 @@ def test_the_light_client_does_not_import_the_server():
                 assert not node.module.startswith("hndsr."), (path, node.module)
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("hndsr.") for a in node.names), path
+
+
+def test_the_interface_definition_imports_nothing_outside_the_standard_library():
+    """client/hndsr_client/interface.py is the served interface: the light front stubs, the server,
+    the client and the UI all import it, so it must load with Python alone."""
+    import sys
+
+    path = ROOT / "client" / "hndsr_client" / "interface.py"
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module.split(".")[0])
+    assert modules <= set(sys.stdlib_module_names) | {"__future__"}, modules

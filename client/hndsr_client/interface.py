@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 MODEL = "hndsr"
 STREAM_MODEL = "hndsr_stream"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -24,9 +22,6 @@ MAX_OUTPUT_PIXELS = 16_000_000
 TILING_PARAMETERS = ("tile", "tile_overlap", "latent_factor")
 """The server's canvas tiling, served as parameters of the ``hndsr`` model's config (the server
 owns it: ``hndsr.config``); scene mode aligns its chunks to it (``HNDSRClient.tiling``)."""
-
-
-_NUMPY = {"UINT8": np.uint8, "FP32": np.float32, "INT32": np.int32, "INT64": np.int64, "BYTES": np.object_}
 
 
 @dataclass(frozen=True)
@@ -45,10 +40,6 @@ class Tensor:
     default: float | None = None
     minimum: float | None = None
     maximum: float | None = None
-
-    @property
-    def numpy_dtype(self) -> type:
-        return _NUMPY[self.datatype]
 
     @property
     def config_type(self) -> str:
@@ -133,14 +124,6 @@ class Limits:
     steps_max: int = STEPS_MAX
     min_input_side: int = MIN_INPUT_SIDE
     max_output_pixels: int = MAX_OUTPUT_PIXELS
-
-
-def request_arrays(
-    image: np.ndarray, scale: float, steps: int, seed: int, eta: float, ensemble: int = 1
-) -> dict[str, np.ndarray]:
-    """The input tensors of one request, typed as the interface says."""
-    values = {"IMAGE": image, "SCALE": [scale], "STEPS": [steps], "SEED": [seed], "ETA": [eta], "ENSEMBLE": [ensemble]}
-    return {t.name: np.ascontiguousarray(np.asarray(values[t.name], dtype=t.numpy_dtype)) for t in INPUTS}
 
 
 def markdown_table() -> str:

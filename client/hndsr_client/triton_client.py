@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from hndsr_client.arrays import request_arrays
 from hndsr_client.interface import (
     DEFAULT_SCALE,
     DEFAULT_STEPS,
@@ -21,7 +22,6 @@ from hndsr_client.interface import (
     MODEL,
     STREAM_MODEL,
     TILING_PARAMETERS,
-    request_arrays,
 )
 
 GRPC_MAX_MESSAGE = 2**31 - 1
