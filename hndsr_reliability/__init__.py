@@ -76,9 +76,19 @@ class Profile:
     drain_grace_s: float = 60.0
     timing_slack: float = 1.0
     """Multiplies every latency target (5 for CI on a busy 2-core machine)."""
+    front_crash: bool = True
+    """Kill a front stub under 4 clients, without and with the client's retries (the retry logic
+    itself is unit-tested, so the CI run skips it)."""
 
 
-QUICK = Profile("quick", soak_requests=36, soak_warmup=10, crash_models=(*STAGES, "hndsr_core"), timing_slack=5.0)
+QUICK = Profile(
+    "quick",
+    soak_requests=36,
+    soak_warmup=10,
+    crash_models=(*STAGES, "hndsr_core"),
+    timing_slack=5.0,
+    front_crash=False,
+)
 FULL = Profile(
     "full",
     overload_rounds=3,
@@ -950,8 +960,7 @@ def front_crash(served: Served, profile: Profile, report: Report, clients: int =
             f"hndsr front kill -9, {clients} clients, {label}: requests failed / served",
             f"{len(failed)} / {len(after) - len(failed)}" + (f" ({failed[0][2][:80]})" if failed else ""),
             "0 failed" if retries is None else "",
-            # Enforced in the full run; the CI run (timing_slack > 1) only reports it.
-            (not failed) if retries is None and profile.timing_slack == 1 else None,
+            (not failed) if retries is None else None,
         )
         report.details.setdefault("front_crash", {})[label] = {"failed": failed[:5], "served": len(after)}
 
@@ -1066,7 +1075,9 @@ def run_suite(
             long_soak(served, profile, report, long_soak_requests, ("unet", "encoder"))
             return report
         scenarios = (("soak", soak), ("overload", overload), ("deadline", deadline), ("crash", crash))
-        for name, scenario in (*scenarios, ("front crash", front_crash)):
+        if profile.front_crash:
+            scenarios = (*scenarios, ("front crash", front_crash))
+        for name, scenario in scenarios:
             t = time.monotonic()
             scenario(served, profile, report)
             echo(f"{name}: {time.monotonic() - t:.0f}s")
