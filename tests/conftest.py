@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +56,16 @@ def group_members(pgid: int) -> list[int]:
 def mentioning(text: str) -> dict[int, str]:
     """Live processes whose command line mentions ``text`` (e.g. a test's own model repository)."""
     return {pid: " ".join(argv) for pid, (_, argv) in live_processes().items() if any(text in a for a in argv)}
+
+
+def stop_for_good(proc, work) -> None:
+    """Kill a launcher (``subprocess.Popen``) still running, and every process that mentions its
+    work directory (a launcher killed this way leaves its tritonserver and stubs behind)."""
+    if proc.poll() is None:
+        proc.kill()
+    for pid in mentioning(str(work)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.1) -> T | None:

@@ -16,6 +16,16 @@ from .conftest import FIXTURES
 REFERENCE_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "periodic_ratio.py"
 
 
+def _reference(path: Path):
+    """The shared reference tool at ``path`` as a module, or None where it is not beside the clone."""
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(path.stem + "_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def hr() -> np.ndarray:
     return read_rgb(FIXTURES / "teak_1.png")
@@ -32,11 +42,7 @@ def test_periodic_ratio_equals_the_reference_definition():
     fixtures, committed so that a clone with nothing beside it runs this test; where the tool is
     beside the clone (CI), it is run again so that its values and the committed ones agree."""
     expected = json.loads((FIXTURES / "periodic_ratio_reference.json").read_text())
-    ref = None
-    if REFERENCE_TOOL.exists():
-        spec = importlib.util.spec_from_file_location("periodic_ratio_reference", REFERENCE_TOOL)
-        ref = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ref)
+    ref = _reference(REFERENCE_TOOL)
     for name, values in expected.items():
         image = read_rgb(FIXTURES / name)
         for kind, case in (("plain", image), ("grid_4px_plus6", _with_grid(image))):
@@ -80,11 +86,7 @@ def test_texture_equals_the_reference_definition():
     """detail and grain against values ../shared/tools/texture.py computed (committed), and
     against the tool itself where it is beside the clone."""
     expected = json.loads((FIXTURES / "texture_reference.json").read_text())
-    ref = None
-    if TEXTURE_TOOL.exists():
-        spec = importlib.util.spec_from_file_location("texture_reference", TEXTURE_TOOL)
-        ref = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ref)
+    ref = _reference(TEXTURE_TOOL)
     for name, cases in expected.items():
         hr = read_rgb(FIXTURES / name)
         for kind, sr in _texture_cases(hr).items():

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import FIXTURES, free_port, mentioning, wait_until
+from .conftest import FIXTURES, free_port, stop_for_good, wait_until
 from .test_deploy_manifests import PROMETHEUS, monitoring_queries
 
 pytestmark = pytest.mark.integration
@@ -73,13 +73,9 @@ class Served:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        for pid in mentioning(str(self.work)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_for_good(self.proc, self.work)
 
 
 class Prometheus:

@@ -3,7 +3,6 @@ failing start is a failure status. Every command line of the project explains ev
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 
 from hndsr_client import HNDSRClient
 
-from .conftest import ROOT, free_port, mentioning
+from .conftest import ROOT, free_port, mentioning, stop_for_good
 
 
 @pytest.mark.integration
@@ -172,11 +171,7 @@ def test_up_heals_a_stage_crash_and_drains_the_ui_request_on_sigterm(tmp_path):
         assert mentioning(str(tmp_path)) == {}
         assert not [r for r in regions if os.path.exists(r)], regions
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        for pid in mentioning(str(tmp_path)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_for_good(proc, tmp_path)
 
 
 def _unet_executions(metrics_port: int) -> int:

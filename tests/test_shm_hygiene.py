@@ -5,7 +5,6 @@ also ``hndsr serve``'s life cycle: ready message, restarts, SIGTERM, exit status
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FIXTURES, free_port, mentioning, wait_until
+from .conftest import FIXTURES, free_port, mentioning, stop_for_good, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,11 +59,7 @@ class Serve:
         return found[0] if found else None
 
     def kill_all(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        for pid in mentioning(str(self.work)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_for_good(self.proc, self.work)
 
 
 class Load:
@@ -201,8 +196,4 @@ def test_a_64_mib_dev_shm_serves_up_to_its_limit_and_refuses_more_clearly(tmp_pa
         proc.wait(120)
         assert proc.returncode == 0, "".join(lines[-30:])
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        for pid in mentioning(str(tmp_path)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_for_good(proc, tmp_path)
