@@ -189,7 +189,9 @@ def test_front_and_core_configs(variant):
     assert Sampling.from_json(core.parameters["sampling"].string_value) == served
     assert core.name == "hndsr_core" and core.instance_group[0].count == CORE_INSTANCES
     assert [i.name for i in core.input] == [i.name for i in front.input] + ["CONTROL"]
-    assert [o.name for o in core.output] == [o.name for o in front.output]
+    # The core streams PROGRESS to the fronts over decoupled BLS (the stream front relays it).
+    assert [o.name for o in core.output] == [o.name for o in front.output] + ["PROGRESS"]
+    assert core.model_transaction_policy.decoupled
     path = (
         ROOT / "model_repository" / "hndsr_core" / ("config.pbtxt" if variant == "cpu" else f"configs/{variant}.pbtxt")
     )

@@ -233,12 +233,6 @@ class Admission:
                 if e["id"] == ticket.id:
                     e["cancelled"] = 1
 
-    def progress(self, ticket_id: int, done: int, total: int) -> None:
-        with self._state() as (state, _):
-            for e in state["entries"]:
-                if e["id"] == ticket_id:
-                    e["done"], e["total"] = done, total
-
     def status(self, ticket_id: int) -> dict | None:
         """The entry of an admitted request (None once released or its front is gone)."""
         with self._state(write=False) as (state, _):

@@ -147,11 +147,13 @@ def orchestrator_config(variant: str, model_version: str, stream: bool = False) 
 def core_config(variant: str, sampling: Sampling) -> str:
     """Config of ``hndsr_core``, the pipeline behind the front models: their inputs plus CONTROL
     (JSON from the front: admission ticket, limits), one instance per request allowed to run at
-    once, and the sampling constants chosen with the weights (``Sampling`` as JSON)."""
+    once, and the sampling constants chosen with the weights (``Sampling`` as JSON). Decoupled:
+    it streams PROGRESS to the front (decoupled BLS) before its final response."""
     kind = "KIND_CPU" if variant == "cpu" else "KIND_GPU"
     return (
         'name: "hndsr_core"\nbackend: "python"\nmax_batch_size: 0\n'
-        + _io(inputs=(*INPUTS, CONTROL))
+        + _io(inputs=(*INPUTS, CONTROL), outputs=STREAM_OUTPUTS)
+        + "model_transaction_policy { decoupled: true }\n"
         + f"instance_group [ {{ count: {CORE_INSTANCES} kind: {kind} }} ]\n"
         + _parameters(
             {

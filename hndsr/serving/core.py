@@ -83,16 +83,22 @@ class TritonPythonModel:
         }
         self.m_retries = self._families["hndsr_stage_retries_total"].Metric(labels={})
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list) -> None:
+        """Decoupled: PROGRESS responses after each DDIM step (when the front asks for them), then
+        the result as the final response (decoupled BLS streams them to the front directly)."""
         with self.trimmer.serving():
-            return [self._respond(request) for request in requests]
+            for request in requests:
+                sender = request.get_response_sender()
+                response = self._respond(request, sender)
+                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
 
-    def _respond(self, request):
+    def _respond(self, request, sender):
         """The result, or the failure as an empty SR_IMAGE plus INFO {"error", "code"}: a BLS caller
         gets every error code as INTERNAL, so the front reads the code from INFO instead."""
         start = time.perf_counter()
         try:
-            return self._handle(request)
+            return self._handle(request, sender)
         except InvalidRequest as exc:
             return self._failure(str(exc), "INVALID_ARG")
         except Cancelled as exc:
@@ -111,7 +117,7 @@ class TritonPythonModel:
             ]
         )
 
-    def _handle(self, request):
+    def _handle(self, request, sender):
         control = json.loads(pb_utils.get_input_tensor_by_name(request, "CONTROL").as_numpy().reshape(-1)[0])
         ticket = control.get("ticket")
         limits = Limits(max_output_pixels=int(control.get("max_output_pixels", Limits.max_output_pixels)))
@@ -132,7 +138,8 @@ class TritonPythonModel:
         if control.get("progress") and ticket is not None:
 
             def on_step(done: int, total: int) -> None:
-                self.admission.progress(ticket, done, total)
+                progress = pb_utils.Tensor("PROGRESS", np.array([done, total], np.int32))
+                sender.send(pb_utils.InferenceResponse([progress]))
 
         runner = BLSRunner(
             self.device, should_stop, self.stage_retry_s, lambda stage: self.m_retries.increment(1), self.bls_chunk

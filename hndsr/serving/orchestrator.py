@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 import time
 
@@ -185,17 +186,38 @@ class TritonPythonModel:
         return self._count("success", pb_utils.InferenceResponse(tensors))
 
     def _call_core(self, inputs: list, ticket: Ticket, sender, should_stop, sent: int):
-        """One BLS call to the core, run on a helper thread while this one relays cancellation
-        and progress; returns the core's response and the progress sent so far."""
+        """One decoupled BLS call to the core, read on a helper thread while this one relays its
+        PROGRESS responses to the client (``hndsr_stream``) and watches for cancellation; returns
+        the core's final response and the progress sent so far. Cancellation still goes through
+        the admission state: BLS ``cancel()`` needs Triton 25.05."""
         box: dict = {}
+        steps: queue.SimpleQueue = queue.SimpleQueue()
 
         def call() -> None:
             try:
-                box["response"] = pb_utils.InferenceRequest(
-                    model_name=CORE, inputs=inputs, requested_output_names=list(OUTPUTS)
-                ).exec()
+                request = pb_utils.InferenceRequest(
+                    model_name=CORE, inputs=inputs, requested_output_names=[*OUTPUTS, "PROGRESS"]
+                )
+                for response in request.exec(decoupled=True):
+                    if response.has_error():
+                        box["response"] = response
+                        continue
+                    progress = pb_utils.get_output_tensor_by_name(response, "PROGRESS")
+                    if progress is not None:
+                        steps.put(progress.as_numpy().copy())
+                    elif pb_utils.get_output_tensor_by_name(response, "SR_IMAGE") is not None:
+                        box["response"] = response
             except Exception as exc:  # noqa: BLE001 - re-raised below
                 box["exc"] = exc
+
+        def relay(sent: int) -> int:
+            while not steps.empty():
+                done, total = (int(v) for v in steps.get())
+                if sender is not None and done > sent:
+                    progress = pb_utils.Tensor("PROGRESS", np.array([done, total], np.int32))
+                    sender.send(pb_utils.InferenceResponse([progress]))
+                    sent = done
+            return sent
 
         worker = threading.Thread(target=call, name=f"hndsr-core-{ticket.id}", daemon=True)
         worker.start()
@@ -205,21 +227,12 @@ class TritonPythonModel:
             if not cancelled and should_stop():
                 self.admission.cancel(ticket)
                 cancelled = True
-            if sender is not None:
-                sent = self._relay_progress(ticket, sender, sent)
+            sent = relay(sent)
         if "exc" in box:
             raise box["exc"]
-        if sender is not None:
-            sent = self._relay_progress(ticket, sender, sent)
-        return box["response"], sent
-
-    def _relay_progress(self, ticket: Ticket, sender, sent: int) -> int:
-        entry = self.admission.status(ticket.id) or {}
-        done, total = int(entry.get("done", 0)), int(entry.get("total", 0))
-        for step in range(sent + 1, done + 1):  # every step once, in order, even between two polls
-            progress = pb_utils.Tensor("PROGRESS", np.array([step, total], np.int32))
-            sender.send(pb_utils.InferenceResponse([progress]))
-        return max(sent, done)
+        if "response" not in box:
+            raise RuntimeError(f"{CORE} ended its response stream without a result")
+        return box["response"], relay(sent)
 
     def _core_error(self, code: str, message: str, deadline, arrived):
         if code == "INVALID_ARG":
