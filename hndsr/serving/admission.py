@@ -5,8 +5,10 @@ cannot enable, so the front models keep their own bounded queue: at most ``max_i
 queued or running across all of their stub processes, at most ``max_running`` of them running (in
 ``hndsr_core``), the rest started in arrival order (FIFO across processes). A request beyond the
 limit is refused at once. The launcher sets ``draining`` on shutdown; from then on every new
-request is refused. The same state carries, per admitted request, what the front and the core
-tell each other: "cancelled" (client gone or deadline passed) and the DDIM progress.
+request is refused. The same state carries, per admitted request, the one thing the front must
+tell the core while it runs: "cancelled" (client gone or deadline passed), because BLS ``cancel()``
+arrived only in Triton 25.05. This file exists for what Triton 24.10 cannot do itself (the global
+bounded queue and cancellation); progress goes from the core to the front in decoupled BLS responses.
 
 The state is a small JSON file guarded by ``flock`` (plus a thread lock, since ``flock`` does not
 exclude threads sharing one open file). Each entry carries the pid of the stub that admitted it,
