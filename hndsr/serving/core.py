@@ -95,7 +95,9 @@ class TritonPythonModel:
 
     def _respond(self, request, sender):
         """The result, or the failure as an empty SR_IMAGE plus INFO {"error", "code"}: a BLS caller
-        gets every error code as INTERNAL, so the front reads the code from INFO instead."""
+        gets every error code as INTERNAL (checked again with decoupled BLS on Triton 24.10: an
+        INVALID_ARG error response reaches the front as INTERNAL), so the front reads the code
+        from INFO instead."""
         start = time.perf_counter()
         try:
             return self._handle(request, sender)
