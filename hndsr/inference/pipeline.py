@@ -248,7 +248,10 @@ def _one_view(
             if on_step is not None:
                 on_step(i + 1, len(timesteps))
         latent = (
-            latent + texture_gate(up, sampling.texture_floor, sampling.texture_gain) * sample / sampling.residual_scale
+            latent
+            + texture_gate(up, sampling.texture_floor, sampling.texture_gain, params.scale)
+            * sample
+            / sampling.residual_scale
         )
 
     decoded = plan.blend(timer.run("decoder", runner.decode, latent_plan.split(latent)))
