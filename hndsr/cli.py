@@ -288,6 +288,7 @@ def eval_cmd(
     ensemble: str = typer.Option("1", help="self-ensemble sizes scored for every step count (e.g. 1,4)"),
 ) -> None:
     """Score HNDSR (PyTorch and Triton) against bicubic and SPAN on the same crops."""
+    from hndsr.evaluation.baselines import span_label
     from hndsr.evaluation.evaluate import Pair, evaluate
     from hndsr.inference.imaging import bicubic_downscale
     from hndsr.models.hndsr import HNDSR
@@ -312,7 +313,7 @@ def eval_cmd(
             _int_list(triton_steps),
             out,
             limit,
-            grid_methods=("bicubic", f"SPAN x{scale} ch48", "HNDSR steps=0 (PyTorch)", f"{default} (PyTorch)"),
+            grid_methods=("bicubic", span_label(scale), "HNDSR steps=0 (PyTorch)", f"{default} (PyTorch)"),
             grid_extra=extra,
             ensembles=tuple(_int_list(ensemble)),
         )

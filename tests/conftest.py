@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +69,44 @@ def stop_for_good(proc, work) -> None:
     for pid in mentioning(str(work)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+class Launched:
+    """An ``hndsr`` command (``serve`` by default) in a subprocess on free ports with its own work
+    directory, its output collected line by line; ``prefix`` runs it through another command."""
+
+    def __init__(self, work: Path, *args: str, command: str = "serve", prefix: tuple[str, ...] = ()) -> None:
+        self.work = work
+        self.http, self.grpc, self.metrics = free_port(), free_port(), free_port()
+        cli = Path(sys.executable).parent / "hndsr"
+        ports = ["--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
+        self.proc = subprocess.Popen(
+            [*prefix, str(cli), command, *ports, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "HNDSR_WORK_DIR": str(work)},
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def triton(self) -> int | None:
+        """The pid of its tritonserver, if one runs."""
+        from hndsr.serving.server import processes
+
+        found = [p.pid for p in processes(self.proc.pid) if p.argv and p.argv[0].endswith(b"tritonserver")]
+        return found[0] if found else None
+
+    def stop(self) -> None:
+        """SIGTERM (the draining shutdown), then whatever is left killed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(120)
+        stop_for_good(self.proc, self.work)
 
 
 def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.1) -> T | None:

@@ -9,15 +9,12 @@ bounded queue fires HNDSROverloaded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -27,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import FIXTURES, free_port, stop_for_good, wait_until
+from .conftest import FIXTURES, Launched, free_port, wait_until
 from .test_deploy_manifests import PROMETHEUS, monitoring_queries
 
 pytestmark = pytest.mark.integration
@@ -42,40 +39,6 @@ def _prometheus_binary() -> str:
     if path is None:
         pytest.skip("Debian's prometheus server is not installed (.ci/setup installs it)")
     return path
-
-
-class Served:
-    """``hndsr serve`` in a subprocess, its output collected by a thread."""
-
-    def __init__(self, work: Path) -> None:
-        self.http, self.grpc, self.metrics = free_port(), free_port(), free_port()
-        self.work = work
-        cli = Path(sys.executable).parent / "hndsr"
-        ports = ["--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
-        self.proc = subprocess.Popen(
-            # As deployed (compose.yaml, export/k8s): latency summaries on, for the p99 panels.
-            [str(cli), "serve", *ports, "--max-inflight", "2", "--max-running", "1", *SUMMARIES],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "HNDSR_WORK_DIR": str(work)},
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
-
-    def _collect(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def said(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(120)
-        stop_for_good(self.proc, self.work)
 
 
 class Prometheus:
@@ -141,11 +104,12 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("prometheus-live")
-    served = Served(work)
+    # As deployed (compose.yaml, export/k8s): latency summaries on, for the p99 panels.
+    served = Launched(work, "--max-inflight", "2", "--max-running", "1", *SUMMARIES)
     prometheus = None
     try:
-        assert wait_until(lambda: served.said("is ready") or served.proc.poll() is not None, 300)
-        assert served.said("is ready"), "".join(served.lines)
+        assert wait_until(lambda: served.count("is ready") or served.proc.poll() is not None, 300)
+        assert served.count("is ready"), "".join(served.lines)
         prometheus = Prometheus(work, f"127.0.0.1:{served.metrics}")
         up = 'up{job="hndsr-triton"} == 1'
         assert wait_until(lambda: _quiet(prometheus.query, up), 60), (work / "prometheus.log").read_text()
@@ -206,7 +170,7 @@ def _rejected_by_triton(port: int) -> None:
 def test_a_stage_crash_fires_stage_restarted_which_resolves_after_the_heal(stack):
     """A heal takes seconds, so the readiness alert (HNDSRModelNotReady, 10 min) does not see it:
     HNDSRStageRestarted does, from the reset of the stage's counters."""
-    from hndsr.serving.server import processes, stub_processes
+    from hndsr.serving.server import stub_processes
     from hndsr_client import HNDSRClient
 
     served, prometheus = stack
@@ -214,8 +178,7 @@ def test_a_stage_crash_fires_stage_restarted_which_resolves_after_the_heal(stack
         client.upscale(_image(), scale=4, steps=1)
     time.sleep(1.5)
     assert "HNDSRStageRestarted" not in prometheus.firing()
-    (triton,) = [p.pid for p in processes(served.proc.pid) if p.argv and p.argv[0].endswith(b"tritonserver")]
-    (unet,) = [s for s in stub_processes(triton).values() if s.model == "unet"]
+    (unet,) = [s for s in stub_processes(served.triton()).values() if s.model == "unet"]
     healed = sum("unet: healed" in line for line in served.lines)
     os.kill(unet.pid, signal.SIGKILL)
     assert wait_until(lambda: sum("unet: healed" in line for line in served.lines) > healed, 120), served.lines

@@ -8,14 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from .conftest import FIXTURES, free_port, mentioning, stop_for_good, wait_until
+from .conftest import FIXTURES, Launched, mentioning, stop_for_good, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,35 +29,6 @@ def pools_in_use() -> set[str]:
     from hndsr.serving.server import STUB_BINARY, processes
 
     return {f"/dev/shm/{p.argv[2].decode()}" for p in processes() if p.argv and p.argv[0].endswith(STUB_BINARY)}
-
-
-class Serve:
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.grpc = free_port()
-        cli = Path(sys.executable).parent / "hndsr"
-        ports = ["--http-port", str(free_port()), "--grpc-port", str(self.grpc), "--metrics-port", str(free_port())]
-        self.proc = subprocess.Popen(
-            [str(cli), "serve", *ports],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "HNDSR_WORK_DIR": str(work)},
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in list(self.lines))
-
-    def triton(self) -> int | None:
-        from hndsr.serving.server import processes
-
-        found = [p.pid for p in processes(self.proc.pid) if p.argv and p.argv[0].endswith(b"tritonserver")]
-        return found[0] if found else None
-
-    def kill_all(self) -> None:
-        stop_for_good(self.proc, self.work)
 
 
 class Load:
@@ -94,7 +63,7 @@ class Load:
 
 def test_no_pool_left_after_heals_and_tritonserver_kills(tmp_path):
     before = pools()
-    serve = Serve(tmp_path)
+    serve = Launched(tmp_path)
     try:
         assert wait_until(lambda: serve.count("is ready") or serve.proc.poll() is not None, 300)
         assert serve.count("is ready: HTTP 127.0.0.1:"), serve.lines
@@ -127,13 +96,13 @@ def test_no_pool_left_after_heals_and_tritonserver_kills(tmp_path):
         assert mentioning(str(tmp_path)) == {}  # no tritonserver or stub of this run left
         assert not (pools() - before), "after the drain"
     finally:
-        serve.kill_all()
+        stop_for_good(serve.proc, serve.work)
 
 
 @pytest.mark.parametrize("moment", ["launcher started", "stubs starting", "ready"])
 def test_no_pool_left_after_sigterm_during_start_up(tmp_path, moment):
     before = pools()
-    serve = Serve(tmp_path)
+    serve = Launched(tmp_path)
     try:
         if moment == "launcher started":
             time.sleep(0.5)
@@ -147,7 +116,7 @@ def test_no_pool_left_after_sigterm_during_start_up(tmp_path, moment):
         leaked = (pools() - before) - pools_in_use()
         assert not leaked, (moment, sorted(leaked), serve.lines[-20:])
     finally:
-        serve.kill_all()
+        stop_for_good(serve.proc, serve.work)
 
 
 def test_a_64_mib_dev_shm_serves_up_to_its_limit_and_refuses_more_clearly(tmp_path):
@@ -164,19 +133,9 @@ def test_a_64_mib_dev_shm_serves_up_to_its_limit_and_refuses_more_clearly(tmp_pa
     probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True)
     if os.geteuid() != 0 or probe.returncode != 0:
         pytest.skip("needs root and unshare -m for a private 64 MiB /dev/shm")
-    grpc = free_port()
-    cli = Path(sys.executable).parent / "hndsr"
-    ports = ["--http-port", str(free_port()), "--grpc-port", str(grpc), "--metrics-port", str(free_port())]
     script = 'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$@"'
-    proc = subprocess.Popen(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(cli), "serve", *ports],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "HNDSR_WORK_DIR": str(tmp_path)},
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    serve = Launched(tmp_path, prefix=("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"))
+    proc, lines, grpc = serve.proc, serve.lines, serve.grpc
     try:
         assert wait_until(lambda: any("is ready" in ln for ln in lines) or proc.poll() is not None, 300)
         (note,) = [ln for ln in lines if "small /dev/shm" in ln]

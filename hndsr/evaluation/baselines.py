@@ -14,6 +14,12 @@ import numpy as np
 from PIL import Image
 
 SPAN_MODELS = {2: "spanx2_ch48", 4: "spanx4_ch48"}
+SPAN_LABEL = "SPAN x{scale} ch48"
+"""SPAN's row name in ``hndsr eval`` and ``bench-span`` (``span_label``)."""
+
+
+def span_label(scale: int) -> str:
+    return SPAN_LABEL.format(scale=scale)
 
 
 def bicubic(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:

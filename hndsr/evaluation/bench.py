@@ -79,7 +79,7 @@ def speed_vs_span(
     Each side runs over every image once to warm up, then ``repeats`` more times in turn; the
     faster of its timed passes counts.
     """
-    from hndsr.evaluation.baselines import SPAN_MODELS, SpanNcnn
+    from hndsr.evaluation.baselines import SPAN_MODELS, SpanNcnn, span_label
     from hndsr.evaluation.evaluate import load_pairs
     from hndsr_client.triton_client import HNDSRClient
 
@@ -88,7 +88,7 @@ def speed_vs_span(
     pairs = load_pairs(data, scale, limit)
     span = SpanNcnn(scale, threads=2)
     with HNDSRClient(url) as client:
-        sides: dict[str, Callable[[object], object]] = {f"SPAN x{scale} ch48 (ncnn, 2 threads)": span}
+        sides: dict[str, Callable[[object], object]] = {f"{span_label(scale)} (ncnn, 2 threads)": span}
         for s in steps:
             sides[f"HNDSR steps={s} (Triton)"] = lambda lr, s=s: client.upscale(lr, scale=float(scale), steps=s)
         best = {name: float("inf") for name in sides}

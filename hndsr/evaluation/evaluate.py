@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from hndsr.evaluation.baselines import SPAN_MODELS, SpanNcnn, bicubic
+from hndsr.evaluation.baselines import SPAN_LABEL, SPAN_MODELS, SpanNcnn, bicubic, span_label
 from hndsr.evaluation.metrics import haarpsi, periodic_ratio, psnr_y, ssim_y, texture
 from hndsr.evaluation.niqe import DEFAULT_PARAMS, niqe
 from hndsr.inference.imaging import bicubic_downscale, list_images
@@ -163,7 +163,7 @@ def evaluate(
     methods: dict[str, Upscaler] = {"bicubic": lambda lr, size: bicubic(lr, size)}
     if scale in SPAN_MODELS:
         span = SpanNcnn(scale)
-        methods[f"SPAN x{scale} ch48"] = lambda lr, size: span(lr)
+        methods[span_label(scale)] = lambda lr, size: span(lr)
     for n in ensembles:
         label = f" ensemble={n}" if n > 1 else ""
         for steps in steps_list:
@@ -242,7 +242,7 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-SUMMARY_ROWS = (("bicubic", "bicubic"), ("SPAN", "SPAN x{scale} ch48"), ("HNDSR steps 0", "HNDSR steps=0"),
+SUMMARY_ROWS = (("bicubic", "bicubic"), ("SPAN", SPAN_LABEL), ("HNDSR steps 0", "HNDSR steps=0"),
                 ("HNDSR steps 1 (default)", "HNDSR steps=1"))  # fmt: skip
 
 

@@ -3,12 +3,12 @@
 Internal: only the front models ``hndsr`` and ``hndsr_stream`` (``hndsr.serving.orchestrator``)
 call it, once they have admitted a request and it is its turn to run; it has as many instances
 as requests may run at once, so it never queues. Inputs: those of ``hndsr`` plus CONTROL (BYTES
-[1], JSON from the front: the sampling constants of the served weights, the admission ticket,
-whether to publish progress). Outputs: SR_IMAGE and INFO (always on the CPU).
+[1], JSON from the front: the admission ticket, the output limit, whether to send progress); the
+sampling constants of the served weights come from its own config (``sampling``). Decoupled:
+PROGRESS responses after each DDIM step (when asked), then SR_IMAGE and INFO (always on the CPU).
 
 Between DDIM steps, and while a stage is being healed, it stops when the ticket says so (the
-client went away or its deadline passed: ``Admission.should_stop``); the DDIM progress goes to
-the ticket, from which ``hndsr_stream`` streams it. A failure is answered as an empty SR_IMAGE and
+client went away or its deadline passed: ``Admission.should_stop``). A failure is answered as an empty SR_IMAGE and
 INFO ``{"error", "code"}`` with code INVALID_ARG (field and limit), CANCELLED (stopped early; the
 front tells a deadline from a cancellation) or INTERNAL: BLS would turn every error code into INTERNAL.
 """

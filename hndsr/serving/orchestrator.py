@@ -15,8 +15,9 @@ in Triton's own queue, which a ``max_batch_size: 0`` model cannot bound. Per req
 2. it waits for its FIFO turn among ``max_running`` running requests, watching the client
    (cancellation) and the request's deadline (Triton's ``timeout`` request parameter, microseconds);
 3. it forwards the request to ``hndsr_core`` (``hndsr.serving.core``, which validates and runs the
-   pipeline) with BLS and waits, meanwhile relaying cancellation/deadline to the core and, for
-   ``hndsr_stream``, the core's DDIM progress to the client. A core being healed (stub died) is
+   pipeline) with decoupled BLS and reads its responses, meanwhile relaying cancellation/deadline
+   to the core (through the admission state) and, for ``hndsr_stream``, the core's PROGRESS
+   responses to the client. A core being healed (stub died) is
    retried, the pipeline being a pure function of the request.
 
 Every response is sent before ``execute`` returns: the Python backend of Triton 24.10 races (and
