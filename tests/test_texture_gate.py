@@ -24,3 +24,14 @@ def test_flat_ground_gets_no_generated_residual_and_texture_gets_the_gain():
     assert float(gate[0, :, :6].max()) < 0.01  # flat: no residual
     assert float(gate[0, :, 10:].min()) > 1.9  # textured: nearly the full gain
     assert float(local_contrast(canvas)[0, :, :6].max()) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_batched_gate_equals_per_image_gates():
+    """Training gates a batch with one scale per image; each row must be the served gate."""
+    torch.manual_seed(0)
+    canvas = torch.rand(3, 3, 32, 48)
+    scales = torch.tensor([[2.0], [3.0], [4.0]])
+    batched = texture_gate(canvas, 2.0, 2.0, scales)
+    assert batched.shape == (3, 1, 8, 12)
+    for i in range(3):
+        assert torch.allclose(batched[i], texture_gate(canvas[i], 2.0, 2.0, float(scales[i])))

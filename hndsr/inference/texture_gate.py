@@ -22,12 +22,15 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def local_contrast(canvas: torch.Tensor) -> torch.Tensor:
-    """RMS local contrast (grey levels) of a [3, H, W] canvas in [0, 1], per latent cell: [1, H/4, W/4]."""
-    luma = torch.einsum("chw,c->hw", canvas.float(), torch.tensor(_LUMA, device=canvas.device))[None, None] * 255
+    """RMS local contrast (grey levels) of a [..., 3, H, W] canvas in [0, 1], per latent cell:
+    [..., 1, H/4, W/4]."""
+    lead, (height, width) = canvas.shape[:-3], canvas.shape[-2:]
+    rgb = canvas.float().reshape(-1, 3, height, width)
+    luma = torch.einsum("bchw,c->bhw", rgb, torch.tensor(_LUMA, device=canvas.device))[:, None] * 255
     mean = F.avg_pool2d(F.pad(luma, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
     energy = F.avg_pool2d((luma - mean) ** 2, LATENT_FACTOR)
     energy = F.avg_pool2d(F.pad(energy, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return energy.sqrt()[0]
+    return energy.sqrt().reshape(*lead, 1, *energy.shape[-2:])
 
 
 FULL_GAIN_SCALE = 4.0
@@ -43,12 +46,19 @@ def gain_at(gain: float, scale: float) -> float:
     return gain * ramp
 
 
-def texture_gate(canvas: torch.Tensor, floor: float, gain: float = 1.0, scale: float = 4.0) -> torch.Tensor | float:
-    """Per-cell weight of the generated residual, [1, H/4, W/4] (a number when ``floor`` is 0);
-    exactly 1 when the gate is off (floor 0, gain 1)."""
+def texture_gate(
+    canvas: torch.Tensor, floor: float, gain: float = 1.0, scale: float | torch.Tensor = 4.0
+) -> torch.Tensor | float:
+    """Per-cell weight of the generated residual for a [..., 3, H, W] canvas: [..., 1, H/4, W/4]
+    (a number when ``floor`` is 0 and ``scale`` a number); exactly 1 when the gate is off (floor 0,
+    gain 1). A batch [B, 3, H, W] may bring one scale per image ([B] or [B, 1], as in training)."""
     if floor <= 0 and gain == 1.0:
         return 1.0
-    gain = gain_at(gain, scale)
+    if isinstance(scale, torch.Tensor):
+        gains = torch.tensor([gain_at(gain, float(s)) for s in scale.flatten()], device=canvas.device)
+        gain = gains.view(-1, 1, 1, 1)
+    else:
+        gain = gain_at(gain, scale)
     if floor <= 0:
         return gain
     energy = local_contrast(canvas) ** 2

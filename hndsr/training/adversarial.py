@@ -3,7 +3,7 @@
 The UNet trained with the v-MSE loss alone predicts the conditional mean of the residual, so
 its x0 predictions, and therefore the sampler's output, stay smooth (NIQE 5.6 on val against 2.9
 for the HR images). Here the UNet (only; encoder, prior and decoder stay frozen) learns to make
-its x0 prediction, decoded and de-gridded exactly as the served pipeline does, look like HR
+its x0 prediction, gated, decoded and de-gridded exactly as the served pipeline does, look like HR
 patches to a small patch discriminator, anchored by an L1 loss to the HR patch (optionally also
 to its 4x4 cell means, the tone the LR image pins down).
 
@@ -30,10 +30,10 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from hndsr.inference.degrid import degridded_output
 from hndsr.inference.diffusion import DDIMScheduler
-from hndsr.inference.imaging import load_images
+from hndsr.inference.texture_gate import texture_gate
 from hndsr.models.hndsr import HNDSR
 from hndsr.training.budget import Budget
-from hndsr.training.data import PatchBank
+from hndsr.training.data import PatchBank, load_training_images
 from hndsr.training.trainer import EMA, adamw, diffusion_inputs, learning_rate, prepare_run, probe_sets
 
 
@@ -95,8 +95,9 @@ def predicted_sr(
     start: int,
     consistency: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(SR decoded from the UNet's x0 predictions, v-MSE loss on the forward-process half,
-    consistency loss of the sampler-start half, or 0 without ``consistency``).
+    """(SR decoded from the UNet's x0 predictions through the texture gate, as served; v-MSE loss
+    on the forward-process half; consistency loss of the sampler-start half, or 0 without
+    ``consistency``).
 
     First half of the batch: the sampler's start, the prior's zero residual noised to ``start``;
     second half: the true residual noised to a random timestep at or below it.
@@ -116,7 +117,8 @@ def predicted_sr(
         if consistency
         else torch.zeros((), device=x0.device)
     )
-    return decode_served(model, z0 + x0_pred / model.residual_scale, up), v_loss, chain
+    gate = texture_gate(up, float(model.texture_floor), float(model.texture_gain), scale)
+    return decode_served(model, z0 + gate * x0_pred / model.residual_scale, up), v_loss, chain
 
 
 def chain_consistency(
@@ -180,7 +182,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         disc_opt.load_state_dict(ckpt["disc_optimizer"])
         state = ckpt["state"]
     ema = EMA(params, cfg.ema, ckpt["ema"] if ckpt else None)
-    images = load_images(cfg.data)
+    images = load_training_images(cfg.data)
     bank = PatchBank(images, cfg.patch, device, seed=cfg.seed + state["step"], augment=True)
     probe, val = probe_sets(images, cfg.val)
     sched = DDIMScheduler()

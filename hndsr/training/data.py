@@ -11,11 +11,16 @@ from PIL import Image
 from torch.nn import functional as F
 
 from hndsr.config import SCALE_MAX, SCALE_MIN
-from hndsr.inference.imaging import list_images, upsample
+from hndsr.inference.imaging import list_images, load_images, upsample
 from hndsr_client.image_io import read_rgb
 
 ANCHOR_SCALES = (2.0, 3.0, 4.0, 4.0, 4.0, 8.0)
 """4x (the main use) weighted three times."""
+
+
+def load_training_images(spec: str) -> list[np.ndarray]:
+    """The images of comma-separated folders; a folder named twice is drawn twice as often."""
+    return [image for folder in spec.split(",") if folder.strip() for image in load_images(folder.strip())]
 
 
 def pack_images(src: str | Path, dst: str | Path) -> tuple[int, int]:

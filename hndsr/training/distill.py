@@ -18,11 +18,10 @@ import torch
 from torch.nn import functional as F
 
 from hndsr.config import TILE
-from hndsr.inference.imaging import load_images
 from hndsr.models.fno import FNOPrior
 from hndsr.models.hndsr import HNDSR
 from hndsr.training.budget import Budget
-from hndsr.training.data import PatchBank
+from hndsr.training.data import PatchBank, load_training_images
 from hndsr.training.trainer import EMA, adamw, learning_rate, prepare_run, probe_sets, quick_psnr
 
 
@@ -133,7 +132,7 @@ def distill(cfg: DistillConfig) -> Path:
     teacher = HNDSR.load(cfg.teacher, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    images = load_images(cfg.data)
+    images = load_training_images(cfg.data)
     bank = PatchBank(images, cfg.patch, device, seed=cfg.seed, augment=True, scales=cfg.scales)
     probe, val = probe_sets(images, cfg.val)
     ckpt_path = out / "checkpoint.pt"

@@ -37,7 +37,7 @@ from hndsr.inference.diffusion import DDIMScheduler
 from hndsr.inference.imaging import bicubic_downscale, load_images, to_tensor, upsample
 from hndsr.models.hndsr import HNDSR
 from hndsr.training.config import TrainConfig
-from hndsr.training.data import PatchBank
+from hndsr.training.data import PatchBank, load_training_images
 
 PHASES = ("regression", "degrid", "diffusion")
 LOG_FIELDS = [
@@ -236,7 +236,7 @@ class Trainer:
         self.device = prepare_run(cfg.threads, cfg.seed)
         self.model = HNDSR(**(HNDSR.architecture_of(cfg.init) if cfg.init else {})).to(self.device)
         self.sched = DDIMScheduler()
-        images = [image for folder in cfg.data.split(",") for image in load_images(folder.strip())]
+        images = load_training_images(cfg.data)
         self.bank = PatchBank(images, cfg.patch, self.device, seed=cfg.seed, augment=cfg.augment)
         self.train_probe, self.val_images = probe_sets(images, cfg.val)
         self.ckpt_path = self.out / "checkpoint.pt"
