@@ -8,6 +8,7 @@ from hndsr.inference.pipeline import (
     SRParams,
     TorchRunner,
     canvas_plan,
+    model_scale,
     super_resolve,
     validate,
 )
@@ -33,7 +34,16 @@ def test_output_shape_is_scale_times_input(model, image, scale):
     out = run(model, image, scale=scale, steps=0)
     assert out.image.dtype == torch.uint8
     assert tuple(out.image.shape) == (round(40 * scale), round(52 * scale), 3)
-    assert out.info["steps"] == 0 and out.info["tiles"] == canvas_plan(*out.image.shape[:2]).count
+    computed = canvas_plan(round(40 * model_scale(scale)), round(52 * model_scale(scale)))
+    assert out.info["steps"] == 0 and out.info["tiles"] == computed.count
+
+
+def test_scales_below_the_model_scale_are_the_model_scale_resized(model, image):
+    """2x is computed at 4x (the model's latent grid then matches the LR pixels) and resized down."""
+    two = run(model, image, scale=2.0, steps=2, seed=3).image
+    four = run(model, image, scale=4.0, steps=2, seed=3).image.permute(2, 0, 1)[None].float()
+    resized = torch.nn.functional.interpolate(four, size=(80, 104), mode="bicubic", antialias=True)
+    assert (two.permute(2, 0, 1)[None].float() - resized.clamp(0, 255)).abs().max() <= 1.0
 
 
 def test_same_seed_same_bytes_other_seed_differs(model, image):
@@ -118,6 +128,7 @@ def test_progress_counts_the_steps_of_every_view(model, image):
         ((10, 10, 3), "uint8", SRParams(steps=51), "STEPS must be in [0, 50]"),
         ((10, 10, 3), "uint8", SRParams(eta=2.0), "ETA must be in [0, 1]"),
         ((1200, 1200, 3), "uint8", SRParams(scale=4.0), "exceeds the limit of 16000000 output pixels"),
+        ((1500, 1500, 3), "uint8", SRParams(scale=2.0), "SCALE 2 is computed at 4x and resized"),
     ],
 )
 def test_validation_names_field_and_limit(shape, dtype, params, field):

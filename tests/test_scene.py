@@ -16,7 +16,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from typer.testing import CliRunner
 
-from hndsr.config import LATENT_FACTOR, MAX_OUTPUT_PIXELS, TILE, TILE_OVERLAP
+from hndsr.config import LATENT_FACTOR, MAX_OUTPUT_PIXELS, MIN_MODEL_SCALE, TILE, TILE_OVERLAP
 from hndsr_client import HNDSRClient, ServerUnavailableError
 from hndsr_client.cli import cli
 from hndsr_client.georaster import Stretch, scaled_transform
@@ -77,7 +77,7 @@ class Counting:
         return Wrapped()
 
 
-TILING = Tiling(TILE, TILE_OVERLAP, LATENT_FACTOR)
+TILING = Tiling(TILE, TILE_OVERLAP, LATENT_FACTOR, MIN_MODEL_SCALE)
 """The served tiling (``hndsr.config``), for the plans made without a server."""
 
 
@@ -90,17 +90,20 @@ TILING = Tiling(TILE, TILE_OVERLAP, LATENT_FACTOR)
 )
 def test_chunk_plan_covers_scene_under_limit_on_latent_grid(height, width, scale, chunk):
     plan = plan_chunks(height, width, scale, TILING, chunk)
+    work = TILING.model_scale(scale)  # scales below 4 are computed on a 4x canvas
     assert (plan.out_height, plan.out_width) == (round(scale * height), round(scale * width))
     for axis, length in ((plan.rows, height), (plan.cols, width)):
         assert axis.starts[0] == 0 and axis.starts[-1] + axis.sizes[-1] == length
         for i in range(1, len(axis)):
             assert axis.starts[i - 1] + axis.sizes[i - 1] - axis.starts[i] >= plan.overlap  # overlap kept
-        assert all(o % LATENT_FACTOR == 0 for o in axis.out_starts)  # chunks on the whole image's latent grid
+        canvas_starts = [work * s for s in axis.starts]
+        assert all(o % LATENT_FACTOR == 0 for o in canvas_starts)  # chunks on the whole canvas' latent grid
+        assert list(axis.out_starts) == [round(scale * s) for s in axis.starts]
         if chunk is None and scale != 2.5:  # and on its server-tile grid (but the pinned last chunk)
-            assert all(o % TILING.stride == 0 for o in axis.out_starts[:-1])
+            assert all(o % TILING.stride == 0 for o in canvas_starts[:-1])
     for c in plan.chunks:
         assert c.out_window.height == round(scale * c.window.height)
-        assert c.out_window.height * c.out_window.width <= MAX_OUTPUT_PIXELS
+        assert round(work * c.window.height) * round(work * c.window.width) <= MAX_OUTPUT_PIXELS
 
 
 def test_numpy_blend_weights_match_hndsr_tiling():
@@ -384,4 +387,9 @@ def test_the_server_serves_its_tiling_over_grpc_and_http(triton):
     """Scene mode aligns chunks to the server's canvas tiling, which the server owns and serves."""
     for url, protocol in ((triton["grpc"], "grpc"), (triton["http"], "http")):
         with HNDSRClient(url, protocol) as client:
-            assert client.tiling() == {"tile": TILE, "overlap": TILE_OVERLAP, "latent_factor": LATENT_FACTOR}
+            assert client.tiling() == {
+                "tile": TILE,
+                "overlap": TILE_OVERLAP,
+                "latent_factor": LATENT_FACTOR,
+                "min_model_scale": MIN_MODEL_SCALE,
+            }

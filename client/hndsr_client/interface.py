@@ -19,9 +19,10 @@ DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 MIN_INPUT_SIDE = 8
 MAX_OUTPUT_PIXELS = 16_000_000
 """Largest SR output (round(s*H) * round(s*W)) the server accepts in one request."""
-TILING_PARAMETERS = ("tile", "tile_overlap", "latent_factor")
-"""The server's canvas tiling, served as parameters of the ``hndsr`` model's config (the server
-owns it: ``hndsr.config``); scene mode aligns its chunks to it (``HNDSRClient.tiling``)."""
+TILING_PARAMETERS = ("tile", "tile_overlap", "latent_factor", "min_model_scale")
+"""The server's canvas tiling (and the scale below which it computes at ``min_model_scale`` and
+resizes), served as parameters of the ``hndsr`` model's config (the server owns it:
+``hndsr.config``); scene mode aligns and sizes its chunks by it (``HNDSRClient.tiling``)."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,12 @@ class Tiling:
     tile: int
     overlap: int
     latent_factor: int
+    min_model_scale: int = 1
+    """Scales below it are computed at it and resized down by the server."""
+
+    def model_scale(self, scale: float) -> float:
+        """The scale of the canvas the server computes for ``scale``."""
+        return max(float(scale), float(self.min_model_scale))
 
     @property
     def stride(self) -> int:
@@ -198,21 +204,24 @@ def plan_chunks(
         raise SceneParamError(f"input sides must be >= {limits.min_input_side} pixels, got {height}x{width}")
     if overlap < 0:
         raise SceneParamError(f"overlap must be >= 0, got {overlap}")
-    align = alignment(scale, tiling.latent_factor)
+    work = tiling.model_scale(scale)  # the server's canvas is at this scale
+    align = math.lcm(alignment(work, tiling.latent_factor), alignment(scale, 1))
     overlap = -(-overlap // align) * align  # chunk starts move in steps of align LR px
-    largest = max_chunk(scale, align, limits)
+    largest = max_chunk(work, align, limits)
     if chunk is None:
         chunk = min(DEFAULT_CHUNK, largest)
     if chunk > largest:
         raise SceneParamError(
-            f"chunk {chunk} LR px at scale {scale:g} gives outputs over the server limit of "
+            f"chunk {chunk} LR px at scale {scale:g}"
+            + (f" (computed at {work:g}x)" if work != scale else "")
+            + f" gives outputs over the server limit of "
             f"{limits.max_output_pixels} pixels; chunk must be <= {largest}"
         )
     chunk = chunk // align * align
     smallest = max(limits.min_input_side, 2 * overlap + align)
     if chunk < smallest:
         raise SceneParamError(f"chunk must be >= {smallest} LR px (2 x overlap + {align}) at scale {scale:g}")
-    tile_step = _step(scale, tiling.stride)
+    tile_step = _step(work, tiling.stride)
     if tile_step and chunk - overlap >= tile_step:  # stride a whole number of server tiles
         chunk = (chunk - overlap) // tile_step * tile_step + overlap
     rows = plan_axis(height, chunk, overlap, scale, align, limits.min_input_side)

@@ -164,17 +164,17 @@ class HNDSRClient:
         return {"metadata": meta, "config": config}
 
     def tiling(self) -> dict[str, int]:
-        """The server's canvas tiling: ``tile``, ``overlap`` and ``latent_factor`` in HR pixels (from
-        the ``hndsr`` model config's parameters, ``interface.TILING_PARAMETERS``)."""
+        """The server's canvas tiling: ``tile``, ``overlap`` and ``latent_factor`` in HR pixels, and
+        ``min_model_scale`` (from the ``hndsr`` model config's parameters, ``interface.TILING_PARAMETERS``)."""
         config = self.metadata()["config"]
         params = config.get("config", config).get("parameters", {})  # gRPC wraps it in "config"
         try:
             # gRPC's JSON form spells the field stringValue, HTTP's string_value.
             values = [params[name] for name in TILING_PARAMETERS]
-            tile, overlap, factor = (int(v.get("string_value", v.get("stringValue"))) for v in values)
+            tile, overlap, factor, min_scale = (int(v.get("string_value", v.get("stringValue"))) for v in values)
         except KeyError as exc:
             raise HNDSRError(f"the server's hndsr model config has no {exc.args[0]} parameter") from None
-        return {"tile": tile, "overlap": overlap, "latent_factor": factor}
+        return {"tile": tile, "overlap": overlap, "latent_factor": factor, "min_model_scale": min_scale}
 
     def _input(self, name: str, array: np.ndarray, datatype: str):
         tensor = self._mod.InferInput(name, list(array.shape), datatype)

@@ -16,7 +16,16 @@ from typing import Protocol
 import torch
 from torch.nn import functional as F
 
-from hndsr.config import DEFAULT_SCALE, DEFAULT_STEPS, LATENT_CHANNELS, LATENT_FACTOR, TILE, TILE_OVERLAP, Limits
+from hndsr.config import (
+    DEFAULT_SCALE,
+    DEFAULT_STEPS,
+    LATENT_CHANNELS,
+    LATENT_FACTOR,
+    MIN_MODEL_SCALE,
+    TILE,
+    TILE_OVERLAP,
+    Limits,
+)
 from hndsr.inference.degrid import degridded_output
 from hndsr.inference.diffusion import DDIMScheduler
 from hndsr.inference.imaging import dihedral_view, to_uint8, upsample
@@ -120,6 +129,18 @@ def validate(shape: tuple[int, ...], dtype: str, params: SRParams, limits: Limit
             f"output {out_h}x{out_w} = {out_h * out_w} pixels exceeds the limit of "
             f"{limits.max_output_pixels} output pixels (IMAGE {shape[0]}x{shape[1]} at SCALE {params.scale:g})"
         )
+    work_h, work_w = output_size(shape[0], shape[1], model_scale(params.scale))
+    if work_h * work_w > limits.max_output_pixels:
+        raise InvalidRequest(
+            f"SCALE {params.scale:g} is computed at {model_scale(params.scale):g}x and resized: its canvas "
+            f"{work_h}x{work_w} = {work_h * work_w} pixels exceeds the limit of {limits.max_output_pixels} "
+            f"output pixels (IMAGE {shape[0]}x{shape[1]})"
+        )
+
+
+def model_scale(scale: float) -> float:
+    """The scale the model runs at for a requested ``scale`` (``hndsr.config.MIN_MODEL_SCALE``)."""
+    return max(float(scale), float(MIN_MODEL_SCALE))
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -213,17 +234,20 @@ def _one_view(
     is_cancelled: Callable[[], bool],
     on_step: Callable[[int, int], None] | None,
 ) -> tuple[torch.Tensor, int]:
-    """The model's float output [3, out_h, out_w] for one float LR image [1, 3, h, w], and its tile count."""
+    """The model's float output [3, out_h, out_w] for one float LR image [1, 3, h, w], and its tile
+    count. Below ``MIN_MODEL_SCALE`` the model runs at that scale and the result is resized down."""
     device = runner.device
     out_h, out_w = output_size(lr.shape[-2], lr.shape[-1], params.scale)
-    up = upsample(lr, (out_h, out_w))
-    plan = canvas_plan(out_h, out_w, tile, overlap)
-    up = F.pad(up, (0, plan.width - out_w, 0, plan.height - out_h), mode="replicate")[0]
+    work_scale = model_scale(params.scale)
+    work_h, work_w = output_size(lr.shape[-2], lr.shape[-1], work_scale)
+    up = upsample(lr, (work_h, work_w))
+    plan = canvas_plan(work_h, work_w, tile, overlap)
+    up = F.pad(up, (0, plan.width - work_w, 0, plan.height - work_h), mode="replicate")[0]
     latent_plan = plan.downscaled(LATENT_FACTOR)
     tiles = plan.split(up)
 
     z_bicubic = timer.run("encoder", runner.encode, tiles)
-    scale = torch.full((plan.count, 1), float(params.scale), device=device)
+    scale = torch.full((plan.count, 1), work_scale, device=device)
     z0, context = timer.run("prior", runner.prior, z_bicubic, scale)
     latent = latent_plan.blend(z0)
 
@@ -255,7 +279,10 @@ def _one_view(
         )
 
     decoded = plan.blend(timer.run("decoder", runner.decode, latent_plan.split(latent)))
-    return degridded_output(decoded, up)[:, :out_h, :out_w], plan.count
+    sr = degridded_output(decoded, up)[:, :work_h, :work_w]
+    if (work_h, work_w) != (out_h, out_w):
+        sr = F.interpolate(sr.clamp(0, 1)[None], size=(out_h, out_w), mode="bicubic", antialias=True)[0]
+    return sr, plan.count
 
 
 class TorchRunner:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hndsr.config import LATENT_FACTOR, TILE, TILE_OVERLAP
+from hndsr.config import LATENT_FACTOR, MIN_MODEL_SCALE, TILE, TILE_OVERLAP
 from hndsr.inference.pipeline import Sampling
 from hndsr.serving.admission import (
     CORE_INSTANCES,
@@ -131,6 +131,7 @@ def orchestrator_config(variant: str, model_version: str, stream: bool = False) 
                 "tile": str(TILE),
                 "tile_overlap": str(TILE_OVERLAP),
                 "latent_factor": str(LATENT_FACTOR),
+                "min_model_scale": str(MIN_MODEL_SCALE),
                 "model_version": model_version,
                 "precision": precision,
                 "max_inflight": str(DEFAULT_MAX_INFLIGHT),
