@@ -285,6 +285,10 @@ def eval_cmd(
     start_timestep: int | None = typer.Option(
         None, help="override the weights' DDIM start timestep in the PyTorch rows (for sweeps)"
     ),
+    texture_floor: float | None = typer.Option(
+        None, help="override the weights' texture-gate floor in the PyTorch rows (0 with gain 1 = off; sweeps)"
+    ),
+    texture_gain: float | None = typer.Option(None, help="override the weights' texture-gate gain (PyTorch rows)"),
     ensemble: str = typer.Option("1", help="self-ensemble sizes scored for every step count (e.g. 1,4)"),
 ) -> None:
     """Score HNDSR (PyTorch and Triton) against bicubic and SPAN on the same crops."""
@@ -297,6 +301,10 @@ def eval_cmd(
     model = HNDSR.load(weights)
     if start_timestep is not None:
         model.start_timestep.fill_(float(start_timestep))
+    if texture_floor is not None:
+        model.texture_floor.fill_(texture_floor)
+    if texture_gain is not None:
+        model.texture_gain.fill_(texture_gain)
     extra = []
     if grid_sample:
         hr = read_rgb(SAMPLE)[:128, 310:438]  # the roofs of the satellite sample

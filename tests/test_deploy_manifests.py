@@ -696,7 +696,7 @@ def production_triton(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("triton-metrics")
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     opts = ServerOptions(**ports, work_dir=work, extra_args=tuple(_metrics_flags()))
-    with running_server(opts, work / "tritonserver.log") as server:
+    with running_server(opts, work / "tritonserver.log", stop_timeout=2) as server:
         with urllib.request.urlopen(server.metrics, timeout=30) as resp:
             metrics = resp.read().decode()
         yield {"metrics": metrics, "http": server.http}

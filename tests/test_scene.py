@@ -326,7 +326,7 @@ def second_triton(triton, tmp_path_factory):
         wait_ready(opts.host, opts.http_port, 300, proc)
         yield {"grpc": f"{opts.host}:{opts.grpc_port}", "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics"}
     finally:
-        stop_server(proc)
+        stop_server(proc, 2)  # nothing in flight: no need to wait for the graceful unload
 
 
 @pytest.mark.integration

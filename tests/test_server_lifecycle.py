@@ -225,7 +225,7 @@ def test_real_readiness_timeout_leaves_no_process(tmp_path):
     the stub are alive; both are gone afterwards."""
     repo = model_repository(tmp_path / "models", SLOW_CONFIG, SLOW_MODEL)
     opts = real_options(tmp_path, repo)
-    with pytest.raises(ServerNotReady, match="not ready"), running_server(opts, tmp_path / "t.log", ready_timeout=20):
+    with pytest.raises(ServerNotReady, match="not ready"), running_server(opts, tmp_path / "t.log", ready_timeout=10):
         pytest.fail("a server whose model never loads was handed over")
     stub_pid = repo / "slow" / "1" / "stub.pid"
     assert stub_pid.exists(), "the stub had not started within the readiness timeout: nothing was checked"

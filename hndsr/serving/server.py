@@ -407,11 +407,12 @@ def log_excerpt(log_file: Path | None, errors: int = 20, tail: int = 15) -> str:
 
 @contextlib.contextmanager
 def running_server(
-    opts: ServerOptions, log_file: Path | None = None, ready_timeout: float = 300.0
+    opts: ServerOptions, log_file: Path | None = None, ready_timeout: float = 300.0, stop_timeout: float = 30.0
 ) -> Iterator[RunningServer]:
     """Start tritonserver, wait until it is ready and yield it; on every way out (the block's end,
     an exception, a readiness failure, Ctrl-C, SIGTERM as ``Terminated``) stop it and its process
-    group with ``stop_server``. Raises ``ServerNotReady`` when it exits or is not ready in time."""
+    group with ``stop_server`` (SIGKILL after ``stop_timeout``: Triton unloads the front's many
+    stub instances one by one, about 9 s). Raises ``ServerNotReady`` when it exits or is not ready in time."""
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
     with _SignalGuard() as guard:
@@ -427,4 +428,4 @@ def running_server(
             try:
                 guard.hold()
             finally:
-                stop_server(proc)
+                stop_server(proc, stop_timeout)
