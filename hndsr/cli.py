@@ -234,13 +234,15 @@ def bench_gpu(
 
 
 @contextlib.contextmanager
-def _server(opts: ServerOptions, log: Path, ready_timeout: float = 300.0) -> Iterator[RunningServer]:
+def _server(
+    opts: ServerOptions, log: Path, ready_timeout: float = 300.0, stop_timeout: float = 30.0
+) -> Iterator[RunningServer]:
     """``running_server`` for a command: not ready -> the reason and exit status 1; SIGTERM -> Triton
     stopped, then exit status 143. Ctrl-C stops Triton and propagates."""
     from hndsr.serving.server import ServerNotReady, Terminated, running_server
 
     try:
-        with running_server(opts, log, ready_timeout) as server:
+        with running_server(opts, log, ready_timeout, stop_timeout) as server:
             yield server
     except ServerNotReady as exc:
         typer.echo(f"tritonserver did not become ready: {exc}", err=True)
@@ -261,7 +263,8 @@ def _triton(triton: str, weights: Path = WEIGHTS) -> Iterator[str]:
 
     ensure_exported(weights)
     opts = _options("127.0.0.1", free_port(), free_port(), free_port(), None)
-    with _server(opts, REPO_ROOT / "runs" / "tritonserver-eval.log") as server:
+    # A private server whose only client is this command: no need for the ~9 s graceful unload.
+    with _server(opts, REPO_ROOT / "runs" / "tritonserver-eval.log", stop_timeout=2.0) as server:
         yield server.grpc
 
 

@@ -100,8 +100,16 @@ class Launched:
         found = [p.pid for p in processes(self.proc.pid) if p.argv and p.argv[0].endswith(b"tritonserver")]
         return found[0] if found else None
 
-    def stop(self) -> None:
-        """SIGTERM (the draining shutdown), then whatever is left killed."""
+    def stop(self, drain: bool = True) -> None:
+        """SIGTERM (the draining shutdown, ~10 s), then whatever is left killed. ``drain=False``
+        (a fixture whose drain nothing checks): kill everything at once and remove the stubs' pools."""
+        from hndsr.serving.server import remove_stale_regions, stub_processes
+
+        if not drain and self.proc.poll() is None and (triton := self.triton()):
+            regions = {stub.region: stub.pid for stub in stub_processes(triton).values()}
+            stop_for_good(self.proc, self.work)
+            remove_stale_regions(regions)
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -117,7 +117,7 @@ def stack(tmp_path_factory):
     finally:
         if prometheus is not None:
             prometheus.stop()
-        served.stop()
+        served.stop(drain=False)  # drains are tested elsewhere (test_serve_cli, test_shm_hygiene)
 
 
 def _quiet(fn, *args):
