@@ -655,12 +655,35 @@ def _long_soak_plan(n: int, seed: int) -> list[dict]:
     return plan
 
 
+def _long_soak_warmup() -> list[dict]:
+    """The soak's largest requests (2 MP of output at 2x, 3x and 4x, steps 0 and the default, gRPC
+    and HTTP), twice over 4 clients, so that every front and core instance has carried one: the
+    stubs' shm pools grow to the largest tensors they carry and never shrink."""
+    big = []
+    for scale in (2.0, 3.0, 4.0):
+        side = int(1414 / scale) - 1
+        for steps in (0, DEFAULT_STEPS):
+            for via in ("grpc", "http"):
+                big.append({"kind": "valid", "shape": (side, side), "scale": scale, "steps": steps, "via": via})
+    return [{**spec, "seed": 1} for spec in big * 2] + _long_soak_plan(100, 8)
+
+
+def _by_model(memory: dict) -> dict[str, int]:
+    """Private memory (KiB) summed per model (tritonserver itself as one), from ``Served.memory``."""
+    out: dict[str, int] = {}
+    for name, kb in memory["anon"].items():
+        model = "tritonserver" if name == "tritonserver" else name.rsplit("_", 2)[0]
+        out[model] = out.get(model, 0) + kb
+    return out
+
+
 def long_soak(served: Served, profile: Profile, report: Report, requests: int, crashes: tuple[str, ...]) -> None:
-    """``requests`` mixed requests from 4 clients; the stage stubs in ``crashes`` are killed at even
-    intervals in the middle. Server memory (private + shm pools) at start, middle and end,
-    /dev/shm pools, and the outcomes by kind."""
+    """``requests`` mixed requests from 4 clients after a warm-up with the largest ones; the stage
+    stubs in ``crashes`` are killed at even intervals in the middle. Server memory (private + shm
+    pools, and private memory per model) at start, middle and end, /dev/shm pools, and the
+    outcomes by kind."""
     plan = _long_soak_plan(requests, 7)
-    warm = _long_soak_plan(100, 8)
+    warm = _long_soak_warmup()
     results: list[tuple[str, str, str | None]] = []
     lock = threading.Lock()
     queue = list(warm)
@@ -729,7 +752,22 @@ def long_soak(served: Served, profile: Profile, report: Report, requests: int, c
         growth < 5,
     )
     report.add("long soak", "/dev/shm pools mapped by the server start / end", f"{shm['start']} / {shm['end']}")
-    report.details["long_soak"] = {"outcomes": dict(outcomes), "errors": [list(k) + [n] for k, n in errors.items()]}
+    per_model = {k: _by_model(v) for k, v in memory.items()}
+    changes = sorted(
+        ((m, per_model["start"].get(m, 0), per_model["end"].get(m, 0)) for m in per_model["end"]),
+        key=lambda row: -abs(row[2] - row[1]),
+    )
+    report.add(
+        "long soak",
+        "private memory per model start -> end (largest changes)",
+        "; ".join(f"{m} {a / 1024:.0f} -> {b / 1024:.0f} MiB" for m, a, b in changes[:4]),
+    )
+    report.details["long_soak"] = {
+        "outcomes": dict(outcomes),
+        "errors": [list(k) + [n] for k, n in errors.items()],
+        "private_kib_per_model": per_model,
+        "shm_kib": {k: v["shm_kb"] for k, v in memory.items()},
+    }
 
 
 # -- overload and deadline -------------------------------------------------------------------------
