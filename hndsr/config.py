@@ -28,7 +28,7 @@ chunks to this tiling, so chunk interiors come out as if the image had been sent
 
 MIN_MODEL_SCALE = 4
 """Scales below this are computed at this scale and resized down (antialiased bicubic): on 12
-training tiles (docs/training.md) steps 0 gains 0.26 dB at 2x and 0.21 dB at 3x over running the
+training tiles (docs/training.md) steps 0 gains 0.36 dB at 2x and 0.27 dB at 3x over running the
 model at the requested scale, whose latent grid would be coarser than the LR pixels. Served to
 clients with the tiling (scene mode aligns and sizes its chunks on the computed canvas)."""
 
