@@ -57,6 +57,8 @@ class AdversarialConfig:
     """Weight of an extra L1 on 4x4 cell means (the tone the LR image pins down)."""
     consistency_weight: float = 0.0
     """Weight of ``chain_consistency`` (longer chains keep the first step's texture)."""
+    gate: bool = True
+    """Train through the weights' texture gate, as served (False: the residual ungated, as run 6 was)."""
     ema: float = 0.999
     checkpoint_seconds: float = 300.0
     report_seconds: float = 300.0
@@ -94,6 +96,7 @@ def predicted_sr(
     sched: DDIMScheduler,
     start: int,
     consistency: bool = True,
+    gate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(SR decoded from the UNet's x0 predictions through the texture gate, as served; v-MSE loss
     on the forward-process half; consistency loss of the sampler-start half, or 0 without
@@ -117,8 +120,8 @@ def predicted_sr(
         if consistency
         else torch.zeros((), device=x0.device)
     )
-    gate = texture_gate(up, float(model.texture_floor), float(model.texture_gain), scale)
-    return decode_served(model, z0 + gate * x0_pred / model.residual_scale, up), v_loss, chain
+    weight = texture_gate(up, float(model.texture_floor), float(model.texture_gain), scale) if gate else 1.0
+    return decode_served(model, z0 + weight * x0_pred / model.residual_scale, up), v_loss, chain
 
 
 def chain_consistency(
@@ -222,7 +225,7 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
         up, hr, scale = bank.batch(cfg.batch)
-        sr, v_loss, consistency = predicted_sr(model, up, hr, scale, sched, start, cfg.consistency_weight > 0)
+        sr, v_loss, consistency = predicted_sr(model, up, hr, scale, sched, start, cfg.consistency_weight > 0, cfg.gate)
         l1 = F.l1_loss(sr, hr) + cfg.lowfreq_weight * F.l1_loss(F.avg_pool2d(sr, 4), F.avg_pool2d(hr, 4))
         adv = F.softplus(-disc(sr)).mean()
         loss = l1 + cfg.v_weight * v_loss + cfg.adv_weight * adv + cfg.consistency_weight * consistency

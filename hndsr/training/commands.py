@@ -132,6 +132,7 @@ def adversarial(
     v_weight: float = typer.Option(0.1, help="weight of the v-MSE loss on the forward-process half"),
     lowfreq_weight: float = typer.Option(0.0, help="weight of an L1 on 4x4 cell means (tone anchor)"),
     consistency_weight: float = typer.Option(0.0, help="weight of the chain-consistency loss"),
+    gate: bool = typer.Option(True, help="train through the weights' texture gate, as served"),
     threads: int = typer.Option(0, help="CPU threads (0 = PyTorch's default)"),
     checkpoint_seconds: float = typer.Option(300.0, help="seconds between checkpoints (each keeps its weights)"),
 ) -> None:
@@ -153,6 +154,7 @@ def adversarial(
         v_weight=v_weight,
         lowfreq_weight=lowfreq_weight,
         consistency_weight=consistency_weight,
+        gate=gate,
         threads=threads,
         checkpoint_seconds=checkpoint_seconds,
         report_seconds=checkpoint_seconds,
