@@ -85,3 +85,17 @@ def test_chain_consistency_is_zero_only_for_a_self_consistent_unet():
     assert float(same) < 1e-8
     differs = chain_consistency(unet_predicting(other), sched, x_start, target, z0, context, 149)
     assert float(differs) > 0.5
+
+
+def test_discriminator_warm_up_leaves_the_unet_alone(tmp_path):
+    """During ``disc_warmup`` steps only the discriminator learns: the exported UNet is the initial one."""
+    init = tmp_path / "init.safetensors"
+    random_model().save(init)
+    cfg = AdversarialConfig(
+        init=str(init), data=str(FIXTURES / "train"), out=str(tmp_path / "run"), steps=2, batch=2, patch=64
+    )
+    cfg.threads, cfg.disc_warmup, cfg.gate = 1, 2, False
+    tuned, base = HNDSR.load(adversarial(cfg)), HNDSR.load(init)
+    torch.testing.assert_close(tuned.unet.state_dict(), base.unet.state_dict())
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["disc_optimizer"]["state"] and not checkpoint["optimizer"]["state"]  # only D stepped

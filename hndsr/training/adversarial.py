@@ -59,6 +59,9 @@ class AdversarialConfig:
     """Weight of ``chain_consistency`` (longer chains keep the first step's texture)."""
     gate: bool = True
     """Train through the weights' texture gate, as served (False: the residual ungated, as run 6 was)."""
+    disc_warmup: int = 0
+    """First steps train the discriminator alone: a fresh one gives the UNet no useful adversarial
+    gradient, so the L1 anchor would wash the served texture out before it learns (runs 9-11)."""
     ema: float = 0.999
     checkpoint_seconds: float = 300.0
     report_seconds: float = 300.0
@@ -225,15 +228,19 @@ def adversarial(cfg: AdversarialConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg.lr, state["step"], budget.progress(), warmup=100)
         up, hr, scale = bank.batch(cfg.batch)
-        sr, v_loss, consistency = predicted_sr(model, up, hr, scale, sched, start, cfg.consistency_weight > 0, cfg.gate)
-        l1 = F.l1_loss(sr, hr) + cfg.lowfreq_weight * F.l1_loss(F.avg_pool2d(sr, 4), F.avg_pool2d(hr, 4))
-        adv = F.softplus(-disc(sr)).mean()
-        loss = l1 + cfg.v_weight * v_loss + cfg.adv_weight * adv + cfg.consistency_weight * consistency
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
-        opt.step()
-        ema.update()
+        warming = state["step"] < cfg.disc_warmup
+        with torch.set_grad_enabled(not warming):
+            consistent = cfg.consistency_weight > 0 and not warming
+            sr, v_loss, consistency = predicted_sr(model, up, hr, scale, sched, start, consistent, cfg.gate)
+            l1 = F.l1_loss(sr, hr) + cfg.lowfreq_weight * F.l1_loss(F.avg_pool2d(sr, 4), F.avg_pool2d(hr, 4))
+            adv = F.softplus(-disc(sr)).mean()
+        if not warming:
+            loss = l1 + cfg.v_weight * v_loss + cfg.adv_weight * adv + cfg.consistency_weight * consistency
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+            opt.step()
+            ema.update()
         disc_loss = F.softplus(-disc(hr)).mean() + F.softplus(disc(sr.detach())).mean()
         disc_opt.zero_grad(set_to_none=True)
         disc_loss.backward()

@@ -133,6 +133,7 @@ def adversarial(
     lowfreq_weight: float = typer.Option(0.0, help="weight of an L1 on 4x4 cell means (tone anchor)"),
     consistency_weight: float = typer.Option(0.0, help="weight of the chain-consistency loss"),
     gate: bool = typer.Option(True, help="train through the weights' texture gate, as served"),
+    disc_warmup: int = typer.Option(0, help="first steps train the discriminator alone (the UNet frozen)"),
     threads: int = typer.Option(0, help="CPU threads (0 = PyTorch's default)"),
     checkpoint_seconds: float = typer.Option(300.0, help="seconds between checkpoints (each keeps its weights)"),
 ) -> None:
@@ -155,6 +156,7 @@ def adversarial(
         lowfreq_weight=lowfreq_weight,
         consistency_weight=consistency_weight,
         gate=gate,
+        disc_warmup=disc_warmup,
         threads=threads,
         checkpoint_seconds=checkpoint_seconds,
         report_seconds=checkpoint_seconds,
