@@ -51,8 +51,8 @@ class Prometheus:
             group["interval"] = "500ms"
             for rule in group["rules"]:
                 rule["for"] = "0s"
-                if rule["alert"] == "HNDSRStageRestarted":  # resolves 20 s after the restart, not 10 min
-                    rule["expr"] = rule["expr"].replace("[10m]", "[20s]")
+                if rule["alert"] == "HNDSRStageRestarted":  # resolves 12 s after the restart, not 10 min
+                    rule["expr"] = rule["expr"].replace("[10m]", "[12s]")
         (work / "alerts.yml").write_text(yaml.safe_dump(rules))
         scrape = {
             "job_name": "hndsr-triton",  # the job the rules and the dashboard select on
