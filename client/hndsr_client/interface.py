@@ -13,6 +13,15 @@ from dataclasses import dataclass
 
 MODEL = "hndsr"
 STREAM_MODEL = "hndsr_stream"
+
+# How a refused or expired request's message starts (status UNAVAILABLE, HTTP 503). Triton 24.10
+# has one UNAVAILABLE code for all three, so the server writes and the client reads these heads.
+OVERLOADED = "server overloaded"
+"""The bounded queue is full (or the request was not started in time): retry later."""
+DRAINING = "server is shutting down"
+"""The replica is draining: retry on another one."""
+TIMEOUT = "request timeout expired"
+"""The request's deadline passed while it was queued or between DDIM steps."""
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 """Triton's standard ports, used by the server launcher, the client, the UI and the containers."""
 

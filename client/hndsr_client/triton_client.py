@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +17,13 @@ from hndsr_client.arrays import request_arrays
 from hndsr_client.interface import (
     DEFAULT_SCALE,
     DEFAULT_STEPS,
+    DRAINING,
     INPUTS,
     MODEL,
+    OVERLOADED,
     STREAM_MODEL,
     TILING_PARAMETERS,
+    TIMEOUT,
 )
 
 GRPC_MAX_MESSAGE = 2**31 - 1
@@ -48,40 +50,50 @@ class RequestTimeoutError(HNDSRError):
     """The request did not finish within the client timeout."""
 
 
-_FIELD_ERROR = re.compile(rf"^({'|'.join(t.name for t in INPUTS)})\b|exceeds the limit|unexpected shape|data-type")
+_TRITON_INVALID = ("unexpected shape", "data-type")
+"""Triton's own messages for a malformed request (inside a gRPC stream they come without a status)."""
+_RELOADING = ("not healthy", "stub process", "no available versions", "is not ready", "unknown model")
+"""Triton's messages for a front model whose stub crashed (the request it held is lost) or that is
+being reloaded: the launcher brings it back within seconds, so the same request (seeded, hence
+idempotent) is sent again."""
+_UNREACHABLE = ("failed to connect", "connection refused", "socket closed", "connection reset")
+"""gRPC's and HTTP's messages for a server that is down or not listening."""
 
 
-_UNAVAILABLE = re.compile(
-    r"failed to connect|connection refused|shutting down|no available versions|is not ready|unknown model|"
-    r"socket closed|connection reset",
-    re.IGNORECASE,
-)
+def _says(message: str, phrases: tuple[str, ...]) -> bool:
+    lower = message.lower()
+    return any(phrase in lower for phrase in phrases)
 
 
-_RELOADING = re.compile(r"not healthy|stub process|no available versions|is not ready|unknown model", re.IGNORECASE)
-"""A front model whose stub crashed (the request it held is lost) or that is being reloaded: the
-launcher brings it back within seconds, so the same request (seeded, hence idempotent) is sent again."""
+def _names_a_field(message: str) -> bool:
+    """The server's own validation errors name the field (an input tensor) first, or the output limit."""
+    return message.startswith(tuple(f"{t.name} " for t in INPUTS)) or "exceeds the limit" in message
+
+
+def _lost_to_a_reload(message: str) -> bool:
+    """Not while draining: ours ("server is shutting down") or Triton's own ("Server is shutting down")."""
+    return _says(message, _RELOADING) and not _says(message, (DRAINING,))
+
 
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0)
 """Waits before the retries of a request lost to a crashed or reloading front (a reload takes ~2 s)."""
 
 
 def _map_error(exc: InferenceServerException) -> HNDSRError:
+    """The status code first; for UNAVAILABLE (and inside a gRPC stream, where errors carry no
+    status) the message heads of ``hndsr_client.interface`` and Triton's own messages."""
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
-    lower = message.lower()
-    # Errors inside a gRPC stream arrive without a status code: recognise the model's field errors.
-    if "INVALID_ARG" in status or _FIELD_ERROR.search(message):
+    if "INVALID_ARG" in status or _names_a_field(message) or _says(message, _TRITON_INVALID):
         return InvalidInputError(message)
-    # The server's admission control refuses at once with UNAVAILABLE (HTTP 503) "server overloaded".
-    if "overloaded" in lower or "RESOURCE_EXHAUSTED" in status or status == "429":
-        return OverloadedError(message if "retry later" in lower else f"server overloaded, retry later: {message}")
-    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lower or "timed out" in lower or "timeout" in lower:
+    if OVERLOADED in message or "RESOURCE_EXHAUSTED" in status or status == "429":
+        return OverloadedError(message if "retry later" in message else f"{OVERLOADED}, retry later: {message}")
+    if TIMEOUT in message or "DEADLINE_EXCEEDED" in status or _says(message, ("deadline exceeded", "timed out")):
         return RequestTimeoutError(f"request timed out: {message}")
-    # Draining ("shutting down"), a model being reloaded, or no server at all.
-    if "UNAVAILABLE" in status or status == "503" or _UNAVAILABLE.search(message) or _RELOADING.search(message):
+    # Draining, a model being reloaded, or no server at all.
+    if "UNAVAILABLE" in status or status == "503" or _says(message, (DRAINING, *_RELOADING, *_UNREACHABLE)):
         return ServerUnavailableError(f"server unavailable: {message}")
-    if status == "400":
+    if status == "400":  # HTTP's status for other errors of the request
         return InvalidInputError(message)
     return HNDSRError(message)
 
@@ -217,7 +229,7 @@ class HNDSRClient:
                 break
             except InferenceServerException as exc:
                 wait = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-                lost = _RELOADING.search(exc.message() or str(exc)) and "shutting down" not in str(exc).lower()
+                lost = _lost_to_a_reload(exc.message() or str(exc))
                 if not lost or attempt == self.retries or time.perf_counter() - start + wait > self.timeout_s:
                     raise _map_error(exc) from None
                 time.sleep(wait)

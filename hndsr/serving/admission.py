@@ -22,7 +22,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import tempfile
 import threading
 import time
@@ -30,6 +29,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from hndsr_client.interface import DRAINING, OVERLOADED
 
 DEFAULT_MAX_INFLIGHT = 4
 """Queued + running requests admitted at once (all orchestrator stubs together)."""
@@ -55,12 +56,24 @@ def lower_priority() -> None:
         os.nice(COMPUTE_NICENESS)
 
 
-TRANSIENT = re.compile(
-    r"not healthy|no available versions|unknown model|is not ready|health mutex|unavailable|"
-    r"failed to connect|stub process",
-    re.IGNORECASE,
+TRANSIENT = (
+    "not healthy",
+    "no available versions",
+    "unknown model",
+    "is not ready",
+    "health mutex",
+    "unavailable",
+    "failed to connect",
+    "stub process",
 )
-"""Errors of a model being healed by the launcher (stub died, reloading): worth retrying."""
+"""Triton's messages for a model being healed by the launcher (stub died, reloading): worth
+retrying. Triton's own text: its BLS errors reach the caller as INTERNAL whatever their code."""
+
+
+def is_transient(message: str) -> bool:
+    lower = message.lower()
+    return any(phrase in lower for phrase in TRANSIENT)
+
 
 ENV_FILE = "HNDSR_ADMISSION_FILE"
 ENV_MAX_INFLIGHT = "HNDSR_MAX_INFLIGHT"
@@ -69,10 +82,6 @@ ENV_MAX_OUTPUT_PIXELS = "HNDSR_MAX_OUTPUT_PIXELS"
 """Set by the launcher when /dev/shm is small (``hndsr.serving.server.shm_limits``)."""
 ENV_BLS_CHUNK = "HNDSR_BLS_CHUNK"
 """Tiles per BLS stage call, set by the launcher when /dev/shm is small."""
-
-OVERLOADED = "server overloaded"
-DRAINING = "server is shutting down"
-TIMEOUT = "request timeout expired"
 
 
 def default_path() -> Path:

@@ -22,7 +22,7 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from hndsr.inference.pipeline import Cancelled
-from hndsr.serving.admission import TRANSIENT
+from hndsr.serving.admission import is_transient
 from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS
 
 
@@ -56,7 +56,7 @@ class BLSRunner:
             if not response.has_error():
                 return response
             message = response.error().message()
-            if not TRANSIENT.search(message) or time.monotonic() + delay > deadline:
+            if not is_transient(message) or time.monotonic() + delay > deadline:
                 raise StageError(f"{stage}: {message}")
             if self.on_retry is not None:
                 self.on_retry(stage)

@@ -40,16 +40,14 @@ import triton_python_backend_utils as pb_utils
 from hndsr.serving.admission import (
     DEFAULT_MAX_QUEUE_WAIT_S,
     DEFAULT_STAGE_RETRY_S,
-    DRAINING,
     ENV_MAX_OUTPUT_PIXELS,
-    OVERLOADED,
-    TIMEOUT,
-    TRANSIENT,
     Admission,
     Refusal,
     Ticket,
+    is_transient,
 )
 from hndsr.serving.counters import counter_families
+from hndsr_client.interface import DRAINING, OVERLOADED, TIMEOUT
 
 CORE = "hndsr_core"
 OUTPUTS = ("SR_IMAGE", "INFO")
@@ -65,8 +63,7 @@ class TritonPythonModel:
         self.control = {k: params[k] for k in CONTROL_KEYS if k in params}
         if limit := os.environ.get(ENV_MAX_OUTPUT_PIXELS):  # a small /dev/shm (the launcher says)
             self.control["max_output_pixels"] = str(min(int(limit), int(self.control["max_output_pixels"])))
-        # The inputs this model's config declares (generated from ``hndsr_client.interface``, which
-        # this light stub does not import: its package pulls in the gRPC/HTTP client libraries).
+        # The inputs this model's config declares (generated from ``hndsr_client.interface``).
         self.forwarded = tuple(tensor["name"] for tensor in config["input"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.admission = Admission.from_env(params)
@@ -174,7 +171,7 @@ class TritonPythonModel:
             if not response.has_error():
                 break
             error = response.error()
-            if TRANSIENT.search(error.message()) and not should_stop() and time.monotonic() + 0.5 < retry_until:
+            if is_transient(error.message()) and not should_stop() and time.monotonic() + 0.5 < retry_until:
                 self.m_retries.increment(1)
                 time.sleep(0.5)
                 continue
