@@ -268,6 +268,7 @@ class Served:
         return {
             "rss": self.rss_kb(),
             "anon": anon,
+            "models": {name: stub.model for name, stub in self.stubs().items()},
             "shm_kb": shm_kb,
             "regions": regions,
             "total_kb": sum(anon.values()) + shm_kb,
@@ -672,7 +673,7 @@ def _by_model(memory: dict) -> dict[str, int]:
     """Private memory (KiB) summed per model (tritonserver itself as one), from ``Served.memory``."""
     out: dict[str, int] = {}
     for name, kb in memory["anon"].items():
-        model = "tritonserver" if name == "tritonserver" else name.rsplit("_", 2)[0]
+        model = memory["models"].get(name, name)  # tritonserver is not a stub
         out[model] = out.get(model, 0) + kb
     return out
 

@@ -22,6 +22,21 @@ DRAINING = "server is shutting down"
 """The replica is draining: retry on another one."""
 TIMEOUT = "request timeout expired"
 """The request's deadline passed while it was queued or between DDIM steps."""
+
+
+def mentions(message: str, phrases: tuple[str, ...]) -> bool:
+    """Whether an error message contains one of ``phrases`` (case-insensitive): how the client and
+    the server recognise the heads above and Triton's own messages."""
+    lower = message.lower()
+    return any(phrase.lower() in lower for phrase in phrases)
+
+
+def model_scale(scale: float, min_model_scale: float) -> float:
+    """The scale of the canvas the server computes for a requested ``scale``: below
+    ``min_model_scale`` (served with the tiling) it computes at that scale and resizes down."""
+    return max(float(scale), float(min_model_scale))
+
+
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 """Triton's standard ports, used by the server launcher, the client, the UI and the containers."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rasterio.windows import Window
 
-from hndsr_client.interface import Limits
+from hndsr_client.interface import Limits, model_scale
 
 DEFAULT_CHUNK = 512
 """LR pixels per chunk side, at most (trimmed so that the chunk stride is a whole number of server
@@ -34,8 +34,8 @@ class Tiling:
     """Scales below it are computed at it and resized down by the server."""
 
     def model_scale(self, scale: float) -> float:
-        """The scale of the canvas the server computes for ``scale``."""
-        return max(float(scale), float(self.min_model_scale))
+        """The scale of the canvas the server computes for ``scale`` (``interface.model_scale``)."""
+        return model_scale(scale, self.min_model_scale)
 
     @property
     def stride(self) -> int:

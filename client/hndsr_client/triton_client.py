@@ -24,6 +24,7 @@ from hndsr_client.interface import (
     STREAM_MODEL,
     TILING_PARAMETERS,
     TIMEOUT,
+    mentions,
 )
 
 GRPC_MAX_MESSAGE = 2**31 - 1
@@ -60,11 +61,6 @@ _UNREACHABLE = ("failed to connect", "connection refused", "socket closed", "con
 """gRPC's and HTTP's messages for a server that is down or not listening."""
 
 
-def _says(message: str, phrases: tuple[str, ...]) -> bool:
-    lower = message.lower()
-    return any(phrase in lower for phrase in phrases)
-
-
 def _names_a_field(message: str) -> bool:
     """The server's own validation errors name the field (an input tensor) first, or the output limit."""
     return message.startswith(tuple(f"{t.name} " for t in INPUTS)) or "exceeds the limit" in message
@@ -72,7 +68,7 @@ def _names_a_field(message: str) -> bool:
 
 def _lost_to_a_reload(message: str) -> bool:
     """Not while draining: ours ("server is shutting down") or Triton's own ("Server is shutting down")."""
-    return _says(message, _RELOADING) and not _says(message, (DRAINING,))
+    return mentions(message, _RELOADING) and not mentions(message, (DRAINING,))
 
 
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0)
@@ -84,14 +80,14 @@ def _map_error(exc: InferenceServerException) -> HNDSRError:
     status) the message heads of ``hndsr_client.interface`` and Triton's own messages."""
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
-    if "INVALID_ARG" in status or _names_a_field(message) or _says(message, _TRITON_INVALID):
+    if "INVALID_ARG" in status or _names_a_field(message) or mentions(message, _TRITON_INVALID):
         return InvalidInputError(message)
     if OVERLOADED in message or "RESOURCE_EXHAUSTED" in status or status == "429":
         return OverloadedError(message if "retry later" in message else f"{OVERLOADED}, retry later: {message}")
-    if TIMEOUT in message or "DEADLINE_EXCEEDED" in status or _says(message, ("deadline exceeded", "timed out")):
+    if TIMEOUT in message or "DEADLINE_EXCEEDED" in status or mentions(message, ("deadline exceeded", "timed out")):
         return RequestTimeoutError(f"request timed out: {message}")
     # Draining, a model being reloaded, or no server at all.
-    if "UNAVAILABLE" in status or status == "503" or _says(message, (DRAINING, *_RELOADING, *_UNREACHABLE)):
+    if "UNAVAILABLE" in status or status == "503" or mentions(message, (DRAINING, *_RELOADING, *_UNREACHABLE)):
         return ServerUnavailableError(f"server unavailable: {message}")
     if status == "400":  # HTTP's status for other errors of the request
         return InvalidInputError(message)

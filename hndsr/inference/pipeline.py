@@ -33,6 +33,7 @@ from hndsr.inference.texture_gate import texture_gate
 from hndsr.inference.tiling import TilePlan
 from hndsr_client.image_io import output_size
 from hndsr_client.interface import ENSEMBLE, ETA
+from hndsr_client.interface import model_scale as served_model_scale
 
 
 class StageRunner(Protocol):
@@ -129,10 +130,11 @@ def validate(shape: tuple[int, ...], dtype: str, params: SRParams, limits: Limit
             f"output {out_h}x{out_w} = {out_h * out_w} pixels exceeds the limit of "
             f"{limits.max_output_pixels} output pixels (IMAGE {shape[0]}x{shape[1]} at SCALE {params.scale:g})"
         )
-    work_h, work_w = output_size(shape[0], shape[1], model_scale(params.scale))
-    if work_h * work_w > limits.max_output_pixels:
+    work_scale = model_scale(params.scale)
+    work_h, work_w = output_size(shape[0], shape[1], work_scale)
+    if work_scale != params.scale and work_h * work_w > limits.max_output_pixels:
         raise InvalidRequest(
-            f"SCALE {params.scale:g} is computed at {model_scale(params.scale):g}x and resized: its canvas "
+            f"SCALE {params.scale:g} is computed at {work_scale:g}x and resized: its canvas "
             f"{work_h}x{work_w} = {work_h * work_w} pixels exceeds the limit of {limits.max_output_pixels} "
             f"output pixels (IMAGE {shape[0]}x{shape[1]})"
         )
@@ -140,7 +142,7 @@ def validate(shape: tuple[int, ...], dtype: str, params: SRParams, limits: Limit
 
 def model_scale(scale: float) -> float:
     """The scale the model runs at for a requested ``scale`` (``hndsr.config.MIN_MODEL_SCALE``)."""
-    return max(float(scale), float(MIN_MODEL_SCALE))
+    return served_model_scale(scale, MIN_MODEL_SCALE)
 
 
 def _round_up(value: int, multiple: int) -> int:

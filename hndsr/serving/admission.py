@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hndsr_client.interface import DRAINING, OVERLOADED
+from hndsr_client.interface import DRAINING, OVERLOADED, mentions
 
 DEFAULT_MAX_INFLIGHT = 4
 """Queued + running requests admitted at once (all orchestrator stubs together)."""
@@ -71,8 +71,7 @@ retrying. Triton's own text: its BLS errors reach the caller as INTERNAL whateve
 
 
 def is_transient(message: str) -> bool:
-    lower = message.lower()
-    return any(phrase in lower for phrase in TRANSIENT)
+    return mentions(message, TRANSIENT)
 
 
 ENV_FILE = "HNDSR_ADMISSION_FILE"
