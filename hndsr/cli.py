@@ -25,9 +25,11 @@ SAMPLE = ASSETS / "laodong_peninsula.avif"
 
 def ensure_exported(weights: Path = WEIGHTS, repo: Path = REPO) -> None:
     """Export the stage ONNX files unless they already match the weights."""
-    from hndsr.serving.export import export_all, is_current
+    from hndsr.serving.freshness import is_current
 
     if not is_current(repo, weights):
+        from hndsr.serving.export import export_all  # imports torch: only when there is work
+
         typer.echo(f"exporting ONNX from {weights} ...")
         export_all(weights, repo)
 

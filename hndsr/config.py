@@ -32,6 +32,9 @@ training tiles (docs/training.md) steps 0 gains 0.36 dB at 2x and 0.27 dB at 3x 
 model at the requested scale, whose latent grid would be coarser than the LR pixels. Served to
 clients with the tiling (scene mode aligns and sizes its chunks on the computed canvas)."""
 
+STAGES = ("encoder", "prior", "unet", "decoder")
+"""The four exported stage models, in the order a request runs them (steps 0 skips the unet)."""
+
 LATENT_CHANNELS = 48
 """As many latent channels as pixels in a 4x4 cell: the autoencoder need not compress."""
 CONTEXT_CHANNELS = 16

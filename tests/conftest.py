@@ -128,15 +128,22 @@ def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.1
     return None
 
 
+PRODUCTION_METRIC_FLAGS = ("--metrics-config=summary_latencies=true",)
+"""The metric flags compose.yaml and the Kubernetes Deployment pass to Triton (test_deploy_manifests
+checks that they agree), so the shared server exports what the dashboard and the alerts read."""
+
+
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory) -> dict:
-    """A real tritonserver (nvidia-pytriton bundle, CPU) serving this repository on free ports."""
+    """A real tritonserver (nvidia-pytriton bundle, CPU) serving this repository on free ports, with
+    the production metric flags."""
     from hndsr.cli import ensure_exported
     from hndsr.serving.server import ServerOptions, running_server
 
     ensure_exported()
     work = tmp_path_factory.mktemp("triton")
-    opts = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), work_dir=work)
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    opts = ServerOptions(**ports, work_dir=work, extra_args=PRODUCTION_METRIC_FLAGS)
     # Nothing is in flight at the end of the session: no need to wait ~9 s for a graceful unload.
     with running_server(opts, work / "tritonserver.log", stop_timeout=2) as server:
         urls = {"grpc": server.grpc, "http": server.http, "metrics": server.metrics}

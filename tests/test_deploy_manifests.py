@@ -18,12 +18,12 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from hndsr.config import STAGES
 from hndsr.inference.pipeline import Sampling
-from hndsr.models.hndsr import STAGES
 from hndsr.serving.configs import TRT_CACHE_DIR, TRT_OPT_BATCH, orchestrator_config, stage_config, trt_profile
 from hndsr.serving.stages import MAX_BATCH, STAGE_SPECS
 
-from .conftest import ROOT, free_port
+from .conftest import PRODUCTION_METRIC_FLAGS, ROOT
 
 REPO = ROOT / "model_repository"
 MODELS = [*STAGES, "hndsr", "hndsr_stream", "hndsr_core"]
@@ -682,26 +682,6 @@ def _metrics_flags() -> list[str]:
     return flags
 
 
-@pytest.fixture(scope="module")
-def production_triton(tmp_path_factory) -> dict:
-    """A real CPU tritonserver started with the production metric flags: its /metrics text and
-    HTTP address.
-
-    The shared `triton` fixture's server runs without --metrics-config=summary_latencies=true, so it
-    lacks the latency summaries the dashboard and alerts use; this one adds compose.yaml's flags."""
-    from hndsr.cli import ensure_exported
-    from hndsr.serving.server import ServerOptions, running_server
-
-    ensure_exported()
-    work = tmp_path_factory.mktemp("triton-metrics")
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-    opts = ServerOptions(**ports, work_dir=work, extra_args=tuple(_metrics_flags()))
-    with running_server(opts, work / "tritonserver.log", stop_timeout=2) as server:
-        with urllib.request.urlopen(server.metrics, timeout=30) as resp:
-            metrics = resp.read().decode()
-        yield {"metrics": metrics, "http": server.http}
-
-
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+\S+")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -717,21 +697,23 @@ def live_series(text: str) -> dict[str, list[dict[str, str]]]:
 
 
 @pytest.mark.integration
-def test_health_checks_pass_on_a_ready_triton(production_triton):
+def test_health_checks_pass_on_a_ready_triton(triton):
     """compose's health check command and the Kubernetes probes' endpoints, against a live server."""
     (check,) = [a for a in compose()["services"]["triton"]["healthcheck"]["test"] if "urlopen" in a]
-    run([sys.executable, "-c", check.replace("localhost:8000", production_triton["http"])])
+    run([sys.executable, "-c", check.replace("localhost:8000", triton["http"])])
     pod = _find(_k8s_docs(), "Deployment", "hndsr-triton")["spec"]["template"]["spec"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         path = pod["containers"][0][probe]["httpGet"]["path"]
-        with urllib.request.urlopen(f"http://{production_triton['http']}{path}", timeout=10) as resp:
+        with urllib.request.urlopen(f"http://{triton['http']}{path}", timeout=10) as resp:
             assert resp.status == 200, probe
 
 
 @pytest.mark.integration
-def test_monitoring_metrics_exist_on_live_triton(production_triton):
-    assert _metrics_flags() == ["--metrics-config=summary_latencies=true"]
-    live = live_series(production_triton["metrics"])
+def test_monitoring_metrics_exist_on_live_triton(triton):
+    """The shared server runs with compose's metric flags; every series the monitoring reads exists."""
+    assert _metrics_flags() == list(PRODUCTION_METRIC_FLAGS)
+    with urllib.request.urlopen(triton["metrics"], timeout=30) as resp:
+        live = live_series(resp.read().decode())
     assert GPU_ONLY_METRICS <= TRITON_DOCUMENTED_GPU_METRICS
     assert not GPU_ONLY_METRICS & set(live), "a metric on the CPU server needs no GPU-only exemption"
     missing, bad_labels, used = [], [], set()

@@ -3,7 +3,7 @@
 import onnx
 import pytest
 
-from hndsr.models.hndsr import STAGES
+from hndsr.config import STAGES
 from hndsr.serving.export import OPSET, export_stage, parity
 
 

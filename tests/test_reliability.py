@@ -2,7 +2,7 @@
 
 Overload (16 clients at 4x capacity), deadline, kill -9 of every stage stub, soak with
 determinism, and a draining SIGTERM; timing targets are relaxed five-fold (``QUICK.timing_slack``)
-because CI shares two busy cores. About a minute and a half.
+because CI shares two busy cores. About 40 s.
 """
 
 from __future__ import annotations

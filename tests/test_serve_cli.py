@@ -185,3 +185,16 @@ def _unet_executions(metrics_port: int) -> int:
         for ln in text.splitlines()
         if ln.startswith("nv_inference_exec_count") and 'model="unet"' in ln
     )
+
+
+def test_serve_checks_its_onnx_without_importing_torch():
+    """``hndsr serve`` starts often (every container start, every heal test): the launcher and the
+    ONNX freshness check stay torch-free (1.6 s of imports); only a stale repository exports."""
+    code = (
+        "import sys, hndsr.cli as cli, hndsr.serving.supervisor\n"
+        "cli.ensure_exported()\n"
+        "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -1,7 +1,8 @@
-"""No shared-memory leak under ``hndsr serve``: after a stub crash and heal, after ``kill -9`` of
-tritonserver under load (three times) and after SIGTERM at moments of start-up, /dev/shm holds only
-the Python-backend pools that live processes use, and the replica serves again. The first test is
-also ``hndsr serve``'s life cycle: ready message, restarts, SIGTERM, exit status 0, nothing left."""
+"""No shared-memory leak under ``hndsr serve``: after ``kill -9`` of tritonserver under load (twice)
+and after SIGTERM at moments of start-up, /dev/shm holds only the Python-backend pools that live
+processes use, and the replica serves again. The first test is also ``hndsr serve``'s life cycle:
+ready message, restarts, SIGTERM of a ready server, exit status 0, nothing left. (The pools after a
+stub's crash and heal: ``test_serve_cli``'s ``hndsr up`` test.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -61,7 +61,7 @@ class Load:
             t.join(90)
 
 
-def test_no_pool_left_after_heals_and_tritonserver_kills(tmp_path):
+def test_no_pool_left_after_tritonserver_kills_and_a_drain(tmp_path):
     before = pools()
     serve = Launched(tmp_path)
     try:
@@ -71,13 +71,7 @@ def test_no_pool_left_after_heals_and_tritonserver_kills(tmp_path):
         load = Load(serve.grpc)
         try:
             assert wait_until(lambda: load.ok >= 2, 120)
-            from hndsr.serving.server import stub_processes
-
-            (unet,) = [s for s in stub_processes(serve.triton()).values() if s.model == "unet"]
-            os.kill(unet.pid, signal.SIGKILL)
-            assert wait_until(lambda: serve.count("unet: healed"), 120), serve.lines
-            assert (pools() - before) <= pools_in_use(), "after a heal"
-            for round_ in range(1, 4):
+            for round_ in range(1, 3):
                 ready = serve.count("tritonserver ready in")
                 os.kill(serve.triton(), signal.SIGKILL)
                 assert wait_until(lambda r=ready: serve.count("tritonserver ready in") > r, 180), serve.lines
@@ -99,17 +93,15 @@ def test_no_pool_left_after_heals_and_tritonserver_kills(tmp_path):
         stop_for_good(serve.proc, serve.work)
 
 
-@pytest.mark.parametrize("moment", ["launcher started", "stubs starting", "ready"])
+@pytest.mark.parametrize("moment", ["launcher started", "stubs starting"])  # ready: the test above
 def test_no_pool_left_after_sigterm_during_start_up(tmp_path, moment):
     before = pools()
     serve = Launched(tmp_path)
     try:
         if moment == "launcher started":
-            time.sleep(0.5)
-        elif moment == "stubs starting":
-            assert wait_until(lambda: (pools() - before) and serve.triton(), 120, interval=0.02)
+            pass  # at once: the launcher is still importing (before its signal relay and tritonserver)
         else:
-            assert wait_until(lambda: serve.count("is ready"), 300)
+            assert wait_until(lambda: (pools() - before) and serve.triton(), 120, interval=0.02)
         serve.proc.send_signal(signal.SIGTERM)
         serve.proc.wait(120)
         assert wait_until(lambda: not mentioning(str(tmp_path)), 30), mentioning(str(tmp_path))

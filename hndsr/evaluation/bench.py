@@ -13,7 +13,8 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from hndsr.models.hndsr import HNDSR, STAGES
+from hndsr.config import STAGES
+from hndsr.models.hndsr import HNDSR
 from hndsr.models.spectral import SpectralConv2d
 from hndsr.serving.stages import STAGE_SPECS, example_inputs, stage_module
 

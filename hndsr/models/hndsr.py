@@ -9,12 +9,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hndsr.config import CONTEXT_CHANNELS, LATENT_CHANNELS, LATENT_FACTOR, NUM_TRAIN_TIMESTEPS, TILE
+from hndsr.config import CONTEXT_CHANNELS, LATENT_CHANNELS, LATENT_FACTOR, NUM_TRAIN_TIMESTEPS, STAGES, TILE
 from hndsr.models.autoencoder import Decoder, Encoder
 from hndsr.models.fno import FNOPrior
 from hndsr.models.unet import LatentUNet
 
-STAGES = ("encoder", "prior", "unet", "decoder")
 FORMAT = "hndsr-v2"
 
 

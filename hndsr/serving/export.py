@@ -9,7 +9,6 @@ orchestrator's configs. Prints the max abs error of onnxruntime vs PyTorch per s
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -17,20 +16,18 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from hndsr.config import STAGES
 from hndsr.inference.pipeline import Sampling
-from hndsr.models.hndsr import HNDSR, STAGES
+from hndsr.models.hndsr import HNDSR
 from hndsr.paths import MODEL_REPOSITORY, WEIGHTS
 from hndsr.serving.configs import core_config, orchestrator_config, stage_config
+from hndsr.serving.freshness import stamp_path, weights_digest
 from hndsr.serving.stages import STAGE_SPECS, example_inputs, stage_module
 
 DEFAULT_WEIGHTS = WEIGHTS
 DEFAULT_REPO = MODEL_REPOSITORY
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
-
-
-def weights_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export_stage(model: HNDSR, stage: str, path: Path) -> None:
@@ -98,15 +95,6 @@ def write_configs(repo: Path, sampling: Sampling, version: str) -> None:
     )
 
 
-def is_current(repo: Path, weights: Path) -> bool:
-    """True when every stage's ONNX was exported from these exact weights."""
-    digest = weights_digest(weights)
-    stamps = [repo / s / "1" / "model.onnx.sha256" for s in STAGES]
-    return all(p.exists() and p.read_text().strip() == digest for p in stamps) and all(
-        (repo / s / "1" / "model.onnx").exists() for s in STAGES
-    )
-
-
 def export_all(weights: Path = DEFAULT_WEIGHTS, repo: Path = DEFAULT_REPO, verbose: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
     model = HNDSR.load(weights)
@@ -120,6 +108,6 @@ def export_all(weights: Path = DEFAULT_WEIGHTS, repo: Path = DEFAULT_REPO, verbo
             print(f"{stage:8s} -> {path}  max|onnxruntime - torch| = {errors[stage]:.2e}")
         if errors[stage] > PARITY_TOLERANCE:
             raise RuntimeError(f"{stage}: ONNX parity error {errors[stage]:.2e} > {PARITY_TOLERANCE}")
-        (path.parent / "model.onnx.sha256").write_text(digest + "\n")
+        stamp_path(repo, stage).write_text(digest + "\n")
     write_configs(repo, Sampling.of(model), f"hndsr-{digest[:12]}")
     return errors
