@@ -1,5 +1,6 @@
-"""``hndsr train``: the three-phase run, prior distillation, the adversarial UNet fine-tune and the
-wall-time-bounded session for a lent GPU machine. Each command imports its trainer when it runs."""
+"""``hndsr train``: the three-phase run, prior distillation, the adversarial UNet fine-tune, the
+wall-time-bounded session for a lent GPU machine and the data pack it carries. Each command imports
+its trainer when it runs."""
 
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ def adversarial(
 
 @app.command()
 def gpu(
-    data: str = typer.Option(..., help="training images (e.g. .gpu/data/train, packed by training.data.pack_images)"),
+    data: str = typer.Option(..., help="training images (e.g. .gpu/data/train, packed by hndsr train pack)"),
     val: str | None = typer.Option(None, help="validation images for the quick PSNR log"),
     out: Path = typer.Option(..., help="hndsr.safetensors, log.csv and train.json go here"),
     regression_seconds: float = typer.Option(330, help="wall time of phase 1 (encoder+FNO+decoder)"),
@@ -207,3 +208,26 @@ def gpu(
         weights_out=str(out / "hndsr.safetensors"),
     )
     run_on_gpu(cfg, out)
+
+
+@app.command()
+def pack(
+    train: str = typer.Option(..., help="comma-separated training folders, drawn from in turn"),
+    out: Path = typer.Option(Path(".gpu/data"), help="writes <out>/train and <out>/val (git ignores .gpu)"),
+    val: str | None = typer.Option(None, help="comma-separated validation folders for the quick log"),
+    val_tiles: int = typer.Option(3, help="validation tiles per validation folder"),
+    budget_mib: float | None = typer.Option(
+        None, help="size limit of the pack (default: what the 64 MiB device transfer leaves beside the tree)"
+    ),
+) -> None:
+    """Pack training data as lossless WebP for a lent GPU machine, within its transfer limit."""
+    from hndsr.training.data import pack_images
+    from hndsr.training.gpu import transfer_budget
+
+    budget = int(budget_mib * 2**20) if budget_mib is not None else transfer_budget()
+    used = 0
+    if val:
+        files, used = pack_images(val.split(","), out / "val", per_folder=val_tiles)
+        typer.echo(f"val: {files} tiles, {used / 2**20:.1f} MiB")
+    files, size = pack_images(train.split(","), out / "train", budget_bytes=budget - used)
+    typer.echo(f"train: {files} tiles, {size / 2**20:.1f} MiB (budget {budget / 2**20:.1f} MiB in all)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -23,24 +24,38 @@ def load_training_images(spec: str) -> list[np.ndarray]:
     return [image for folder in spec.split(",") if folder.strip() for image in load_images(folder.strip())]
 
 
-def pack_images(src: str | Path, dst: str | Path) -> tuple[int, int]:
-    """Copy every image under ``src`` to ``dst`` as lossless WebP (same relative paths).
+def pack_images(
+    sources: list[str | Path], dst: str | Path, budget_bytes: int | None = None, per_folder: int | None = None
+) -> tuple[int, int]:
+    """Copy images of the ``sources`` folders to ``dst/<k>-<folder name>/`` as lossless WebP.
 
-    Used to ship the training set to the GPU machine inside its 64 MiB transfer limit.
-    Returns (files, bytes written); raises if a round trip is not bit-exact.
+    Ships training data to the GPU machine inside its transfer limit (``transfer_budget``). With a
+    budget or a per-folder count, a balanced subset: each folder's tiles in a fixed shuffled order,
+    taken from the folders in turn, skipping a tile that would exceed the budget. Returns (files,
+    bytes written); raises if a round trip is not bit-exact.
     """
-    src, dst = Path(src), Path(dst)
-    total = 0
-    files = list_images(src)
-    for path in files:
-        image = read_rgb(path)
-        out = (dst / path.relative_to(src)).with_suffix(".webp")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(out, lossless=True, quality=100, method=3, exact=True)
-        if not np.array_equal(read_rgb(out), image):
-            raise RuntimeError(f"lossless WebP round trip failed for {path}")
-        total += out.stat().st_size
-    return len(files), total
+    dst = Path(dst)
+    queues = []
+    for k, src in enumerate(Path(s) for s in sources):
+        files = list_images(src)
+        random.Random(k).shuffle(files)
+        queues.append([(src, dst / f"{k}-{src.name}", f) for f in files[:per_folder]])
+    count = total = 0
+    for row in range(max(len(q) for q in queues)):
+        for src, folder, path in (q[row] for q in queues if row < len(q)):
+            image = read_rgb(path)
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="WEBP", lossless=True, quality=100, method=3, exact=True)
+            data = buffer.getvalue()
+            if budget_bytes is not None and total + len(data) > budget_bytes:
+                continue
+            if not np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), image):
+                raise RuntimeError(f"lossless WebP round trip failed for {path}")
+            out = (folder / path.relative_to(src)).with_suffix(".webp")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+            count, total = count + 1, total + len(data)
+    return count, total
 
 
 def sample_scale(rng: random.Random) -> float:

@@ -1,9 +1,12 @@
 """One training session on a lent GPU machine, bounded by wall time; results land in ``--out``.
 
-Prepare here (the training set as lossless WebP, 48 MB, inside the 64 MiB transfer limit):
+Prepare here: pack a balanced subset of the training folders, and a few validation tiles for the
+quick log, as lossless WebP into ``.gpu`` (git ignores it; the run carries it), within what the
+machine's 64 MiB transfer limit leaves beside the working tree (``transfer_budget``):
 
-    .venv/bin/python -c "from hndsr.training.data import pack_images as p; \
-p('../shared/data/aerial/train', '.gpu/data/train'); p('../shared/data/aerial/val', '.gpu/data/val')"
+    .venv/bin/hndsr train pack --out .gpu/data \
+        --train ../shared/data/aerial/train,../shared/data/extra/train \
+        --val ../shared/data/aerial/val/TEAK,../shared/data/extra/val/boruszyn
 
 and run there, carrying ``.gpu`` (the machine has CUDA PyTorch, safetensors, Pillow, scikit-image):
 
@@ -18,13 +21,31 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from hndsr.paths import REPO_ROOT
 from hndsr.training.config import TrainConfig
 from hndsr.training.trainer import Trainer, diffusion_loss, regression_loss
+
+TRANSFER_LIMIT = 64 << 20
+"""What one device run may carry: the working tree's files plus the carried paths."""
+
+
+def transfer_budget(root: Path = REPO_ROOT, limit: int = TRANSFER_LIMIT, margin: int = 1 << 20) -> int:
+    """Bytes left for carried data: the limit minus what travels anyway (the working tree's tracked
+    and untracked, not ignored files) and a margin."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    used = sum((root / f).stat().st_size for f in listed.split("\0") if f and (root / f).is_file())
+    return limit - used - margin
 
 
 def preflight(trainer: Trainer) -> None:
