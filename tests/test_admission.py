@@ -14,6 +14,7 @@ from hndsr.serving.admission import DRAINING, OVERLOADED, Admission, Refusal, Ti
 from hndsr.serving.supervisor import parse_progress
 from hndsr_client.triton_client import (
     InvalidInputError,
+    OutputTooLargeError,
     OverloadedError,
     RequestTimeoutError,
     ServerUnavailableError,
@@ -150,12 +151,28 @@ def test_client_maps_server_errors(status, message, expected):
     assert isinstance(_map_error(InferenceServerException(message, status=status)), expected)
 
 
-def test_ui_says_overloaded_retry_later():
+@pytest.mark.parametrize(
+    ("shape", "scale"), [((1200, 1200, 3), 4.0), ((1500, 1500, 3), 2.0)], ids=["output", "computed canvas"]
+)
+def test_the_servers_size_refusals_reach_the_client_as_output_too_large(shape, scale):
+    from hndsr.inference.pipeline import InvalidRequest, SRParams, validate
+    from hndsr_client.interface import Limits
+
+    with pytest.raises(InvalidRequest) as refused:
+        validate(shape, "uint8", SRParams(scale=scale), Limits())
+    error = _map_error(InferenceServerException(str(refused.value), status="StatusCode.INVALID_ARGUMENT"))
+    assert type(error) is OutputTooLargeError
+    assert type(_map_error(InferenceServerException("STEPS must be in [0, 50]", "400"))) is InvalidInputError
+
+
+def test_ui_says_overloaded_retry_later_and_too_large():
     pytest.importorskip("gradio")
     from hndsr_ui.app import user_message
 
     text = user_message(_map_error(InferenceServerException("server overloaded: ...; retry later", "503")))
     assert text.startswith("Server overloaded, retry later")
+    assert user_message(OutputTooLargeError("output 9x9 exceeds the limit")).startswith("Too large: ")
+    assert user_message(InvalidInputError("STEPS must be in [0, 50]")).startswith("Invalid input: ")
 
 
 def test_load_test_concurrency_levels():

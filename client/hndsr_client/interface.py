@@ -22,6 +22,9 @@ DRAINING = "server is shutting down"
 """The replica is draining: retry on another one."""
 TIMEOUT = "request timeout expired"
 """The request's deadline passed while it was queued or between DDIM steps."""
+TOO_LARGE = "exceeds the limit"
+"""In the server's refusal of an output (or computed canvas) above the pixel limit (INVALID_ARG):
+the client raises ``OutputTooLargeError`` for it."""
 
 
 def mentions(message: str, phrases: tuple[str, ...]) -> bool:

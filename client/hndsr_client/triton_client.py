@@ -24,6 +24,7 @@ from hndsr_client.interface import (
     STREAM_MODEL,
     TILING_PARAMETERS,
     TIMEOUT,
+    TOO_LARGE,
     mentions,
 )
 
@@ -37,6 +38,10 @@ class HNDSRError(RuntimeError):
 
 class InvalidInputError(HNDSRError):
     """The server rejected a field of the request (the message names the field and the limit)."""
+
+
+class OutputTooLargeError(InvalidInputError):
+    """The output (or the canvas a scale below 4 is computed on) exceeds the server's pixel limit."""
 
 
 class OverloadedError(HNDSRError):
@@ -63,7 +68,7 @@ _UNREACHABLE = ("failed to connect", "connection refused", "socket closed", "con
 
 def _names_a_field(message: str) -> bool:
     """The server's own validation errors name the field (an input tensor) first, or the output limit."""
-    return message.startswith(tuple(f"{t.name} " for t in INPUTS)) or "exceeds the limit" in message
+    return message.startswith(tuple(f"{t.name} " for t in INPUTS)) or TOO_LARGE in message
 
 
 def _lost_to_a_reload(message: str) -> bool:
@@ -81,7 +86,7 @@ def _map_error(exc: InferenceServerException) -> HNDSRError:
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
     if "INVALID_ARG" in status or _names_a_field(message) or mentions(message, _TRITON_INVALID):
-        return InvalidInputError(message)
+        return OutputTooLargeError(message) if TOO_LARGE in message else InvalidInputError(message)
     if OVERLOADED in message or "RESOURCE_EXHAUSTED" in status or status == "429":
         return OverloadedError(message if "retry later" in message else f"{OVERLOADED}, retry later: {message}")
     if TIMEOUT in message or "DEADLINE_EXCEEDED" in status or mentions(message, ("deadline exceeded", "timed out")):

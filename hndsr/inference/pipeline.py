@@ -32,7 +32,7 @@ from hndsr.inference.imaging import dihedral_view, to_uint8, upsample
 from hndsr.inference.texture_gate import texture_gate
 from hndsr.inference.tiling import TilePlan
 from hndsr_client.image_io import output_size
-from hndsr_client.interface import ENSEMBLE, ETA
+from hndsr_client.interface import ENSEMBLE, ETA, TOO_LARGE
 from hndsr_client.interface import model_scale as served_model_scale
 
 
@@ -127,7 +127,7 @@ def validate(shape: tuple[int, ...], dtype: str, params: SRParams, limits: Limit
     out_h, out_w = output_size(shape[0], shape[1], params.scale)
     if out_h * out_w > limits.max_output_pixels:
         raise InvalidRequest(
-            f"output {out_h}x{out_w} = {out_h * out_w} pixels exceeds the limit of "
+            f"output {out_h}x{out_w} = {out_h * out_w} pixels {TOO_LARGE} of "
             f"{limits.max_output_pixels} output pixels (IMAGE {shape[0]}x{shape[1]} at SCALE {params.scale:g})"
         )
     work_scale = model_scale(params.scale)
@@ -135,7 +135,7 @@ def validate(shape: tuple[int, ...], dtype: str, params: SRParams, limits: Limit
     if work_scale != params.scale and work_h * work_w > limits.max_output_pixels:
         raise InvalidRequest(
             f"SCALE {params.scale:g} is computed at {work_scale:g}x and resized: its canvas "
-            f"{work_h}x{work_w} = {work_h * work_w} pixels exceeds the limit of {limits.max_output_pixels} "
+            f"{work_h}x{work_w} = {work_h * work_w} pixels {TOO_LARGE} of {limits.max_output_pixels} "
             f"output pixels (IMAGE {shape[0]}x{shape[1]})"
         )
 

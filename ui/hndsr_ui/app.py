@@ -24,6 +24,7 @@ from hndsr_client.triton_client import (  # noqa: E402
     HNDSRClient,
     HNDSRError,
     InvalidInputError,
+    OutputTooLargeError,
     OverloadedError,
     RequestTimeoutError,
     ServerUnavailableError,
@@ -45,9 +46,9 @@ CSS = """
 def user_message(exc: Exception) -> str:
     """A clear message for each failure a person can meet."""
     text = str(exc)
+    if isinstance(exc, OutputTooLargeError):
+        return f"Too large: {text}"
     if isinstance(exc, InvalidInputError):
-        if "exceeds the limit" in text:
-            return f"Too large: {text}"
         return f"Invalid input: {text}"
     if isinstance(exc, OverloadedError):
         return f"Server overloaded, retry later ({text})"
