@@ -41,7 +41,9 @@ def gain_at(gain: float, scale: float) -> float:
     """The gain at ``scale``: full from 4x; at 3x 0.30 of it, at 2x 0.04. At small scales the LR
     carries most of the detail and the generated residual is mostly error: on 12 training tiles
     (docs/training.md) the ungated default path was 4.5 dB below bicubic at 2x and the full gain
-    0.3 dB below it at 3x, while the ramp keeps 2x at steps 0's PSNR and 3x 0.6 dB above bicubic."""
+    0.3 dB below it at 3x, while the ramp keeps 2x at steps 0's PSNR and 3x 0.6 dB above bicubic.
+    The pipeline passes the requested scale: a 2x request is computed at 4x (``MIN_MODEL_SCALE``)
+    and resized down, and its generated residual is still weighted for 2x."""
     ramp = min(1.0, max(0.0, (scale - 1.0) / (FULL_GAIN_SCALE - 1.0))) ** 3
     return gain * ramp
 
