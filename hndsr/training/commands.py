@@ -8,7 +8,6 @@ from pathlib import Path
 
 import typer
 
-from hndsr.paths import WEIGHTS
 from hndsr.training.config import TrainConfig
 
 app = typer.Typer(add_completion=False, help="Train the model (CPU or CUDA); every run resumes from its --out.")
@@ -45,7 +44,11 @@ def phases(
     threads: int = typer.Option(TRAIN.threads, help="torch CPU threads (0 = default)"),
     checkpoint_seconds: float = typer.Option(TRAIN.checkpoint_seconds, help="checkpoint + weights every N s"),
     eval_seconds: float = typer.Option(TRAIN.eval_seconds, help="quick PSNR/periodic-ratio log every N s"),
-    weights_out: Path = typer.Option(WEIGHTS, help="EMA weights (fp16 safetensors) written at each checkpoint"),
+    weights_out: Path | None = typer.Option(
+        None,
+        help="EMA weights (fp16 safetensors) written at each checkpoint (default OUT/hndsr.safetensors; "
+        "name weights/hndsr.safetensors to replace the served weights)",
+    ),
 ) -> None:
     """Train regression (encoder+FNO+decoder), de-gridding, then the diffusion UNet; resumes from OUT."""
     from hndsr.training.trainer import plot_log
@@ -75,7 +78,7 @@ def phases(
         threads=threads,
         checkpoint_seconds=checkpoint_seconds,
         eval_seconds=eval_seconds,
-        weights_out=str(weights_out),
+        weights_out=str(weights_out or out / "hndsr.safetensors"),
     )
     path = run_training(cfg)
     plot_log(out / "log.csv", out / "curves.png")
